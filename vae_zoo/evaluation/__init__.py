@@ -1,0 +1,1 @@
+"""Evaluation metrics, the side-by-side comparison and sampling commands."""

@@ -1,0 +1,176 @@
+"""Encoder and decoder networks, swappable from the config.
+
+The model builds its networks itself, because only it knows the latent size, the condition
+size and the decoder output shape its likelihood needs. A config therefore names a network
+class and its own knobs (``class_path``/``init_args``); the model supplies the first three
+arguments:
+
+* ``Encoder(image_shape, latent_dim, cond_dim, ...)``: x [B, C, H, W], c [B, K] or None ->
+  (mu [B, D], logvar [B, D]) of q(z|x[,c]).
+* ``Decoder(latent_dim, out_shape, cond_dim, ...)``: z [B, D], c [B, K] or None ->
+  likelihood parameters [B, *out_shape].
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (one of ``relu, gelu, silu, elu, leaky_relu, tanh``)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+def mlp(sizes: Sequence[int], act: str, final_act: bool = False) -> nn.Sequential:
+    """Linear layers with ``act`` between them: sizes [a, b, c] -> a->b, act, b->c."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2 or final_act:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def _with_condition(h: Tensor, c: Tensor | None) -> Tensor:
+    return h if c is None else torch.cat([h, c.to(h.dtype)], dim=1)
+
+
+class Encoder(nn.Module):
+    """Base class of encoders: ``forward(x, c=None) -> (mu, logvar)``, each [B, latent_dim]."""
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, cond_dim: int = 0):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.cond_dim = cond_dim
+
+
+class Decoder(nn.Module):
+    """Base class of decoders: ``forward(z, c=None) -> params`` of shape [B, *out_shape]."""
+
+    def __init__(self, latent_dim: int, out_shape: tuple[int, int, int], cond_dim: int = 0):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.out_shape = tuple(out_shape)
+        self.cond_dim = cond_dim
+
+
+class MLPEncoder(Encoder):
+    """Fully connected encoder: flatten x, append c, hidden layers, then a (mu, logvar) head."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        cond_dim: int = 0,
+        hidden_dims: Sequence[int] = (512, 256),
+        act: str = "relu",
+    ) -> None:
+        super().__init__(image_shape, latent_dim, cond_dim)
+        sizes = [math.prod(self.image_shape) + cond_dim, *hidden_dims, 2 * latent_dim]
+        self.net = mlp(sizes, act)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """[B, C, H, W] (+ [B, K]) -> ([B, D], [B, D])."""
+        mu, logvar = self.net(_with_condition(x.flatten(1), c)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class MLPDecoder(Decoder):
+    """Fully connected decoder: [z, c] -> hidden layers -> likelihood parameters."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_shape: tuple[int, int, int],
+        cond_dim: int = 0,
+        hidden_dims: Sequence[int] = (256, 512),
+        act: str = "relu",
+    ) -> None:
+        super().__init__(latent_dim, out_shape, cond_dim)
+        self.net = mlp([latent_dim + cond_dim, *hidden_dims, math.prod(self.out_shape)], act)
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        """[B, D] (+ [B, K]) -> [B, *out_shape]."""
+        return self.net(_with_condition(z, c)).view(-1, *self.out_shape)
+
+
+def _check_divisible(h: int, w: int, n: int) -> None:
+    if h % 2**n or w % 2**n:
+        raise ValueError(f"conv networks halve the image {n} times; {h}x{w} is not divisible by {2**n}")
+
+
+class ConvEncoder(Encoder):
+    """Strided-conv encoder (28x28 -> 14x14 -> 7x7), then a linear (mu, logvar) head.
+
+    The condition is appended after the convolutions, where it costs one linear input per class.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        cond_dim: int = 0,
+        channels: Sequence[int] = (32, 64),
+        hidden_dim: int = 256,
+        act: str = "relu",
+    ) -> None:
+        super().__init__(image_shape, latent_dim, cond_dim)
+        c, h, w = self.image_shape
+        _check_divisible(h, w, len(channels))
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip([c, *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        flat = channels[-1] * (h // 2 ** len(channels)) * (w // 2 ** len(channels))
+        self.head = mlp([flat + cond_dim, hidden_dim, 2 * latent_dim], act)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """[B, C, H, W] (+ [B, K]) -> ([B, D], [B, D])."""
+        mu, logvar = self.head(_with_condition(self.conv(x), c)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class ConvDecoder(Decoder):
+    """Linear layer to a 7x7 feature map, then transposed convs back to 28x28."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_shape: tuple[int, int, int],
+        cond_dim: int = 0,
+        channels: Sequence[int] = (64, 32),
+        hidden_dim: int = 256,
+        act: str = "relu",
+    ) -> None:
+        super().__init__(latent_dim, out_shape, cond_dim)
+        c, h, w = self.out_shape
+        _check_divisible(h, w, len(channels))
+        self.start = (channels[0], h // 2 ** len(channels), w // 2 ** len(channels))
+        self.fc = mlp([latent_dim + cond_dim, hidden_dim, math.prod(self.start)], act, final_act=True)
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(channels, [*channels[1:], c], strict=True):
+            layers += [nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]
+        self.deconv = nn.Sequential(*layers[:-1])  # no activation on the likelihood parameters
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        """[B, D] (+ [B, K]) -> [B, *out_shape]."""
+        return self.deconv(self.fc(_with_condition(z, c)).view(-1, *self.start))
+
+
+EncoderFactory = Callable[[tuple[int, int, int], int, int], Encoder]
+DecoderFactory = Callable[[int, tuple[int, int, int], int], Decoder]
