@@ -39,10 +39,12 @@ class Likelihood(nn.Module):
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """log p(x|params) summed over pixels, in nats: [B, ...] -> [B]."""
-        return self.distribution(params).log_prob(x).flatten(1).sum(1)
+        # distribution() is Independent over (C, H, W), so log_prob is already [B]; the reshape
+        # also sums a per-pixel distribution a subclass may return
+        return self.distribution(params).log_prob(x).reshape(x.shape[0], -1).sum(1)
 
     def distribution(self, params: Tensor) -> Distribution:
-        """The per-pixel distribution as a ``torch.distributions`` object (for tests and sampling)."""
+        """The per-pixel distribution as a ``torch.distributions`` object (tests, sampling)."""
         raise NotImplementedError
 
     def mean(self, params: Tensor) -> Tensor:
@@ -78,6 +80,26 @@ class ContinuousBernoulli(Likelihood):
     true densities (and can be positive).
     """
 
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """-BCE-with-logits plus log C(logits), summed over pixels, stable for all logits.
+
+        torch's ``ContinuousBernoulli.log_prob`` computes C from probabilities clamped to
+        [eps, 1 - eps], so in float32 its value freezes (and its gradient vanishes) for logits
+        above ~16 (pytorch/pytorch#72525). Here C(l) = l / tanh(l / 2) is evaluated from the
+        logits: log C = log|l| - log(-expm1(-|l|)) + log1p(exp(-|l|)), with the Taylor form
+        log 2 + l^2 / 12 near 0, where the closed form is 0/0.
+        """
+        a = params.abs()
+        small = a < 1e-2
+        safe = torch.where(small, torch.ones_like(a), a)  # keeps the unused branch's grad finite
+        log_norm = torch.where(
+            small,
+            math.log(2.0) + params.pow(2) / 12.0,
+            safe.log() - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe)),
+        )
+        nll = F.binary_cross_entropy_with_logits(params, x, reduction="none")
+        return (log_norm - nll).flatten(1).sum(1)
+
     def distribution(self, params: Tensor) -> Distribution:
         """Independent per-pixel ContinuousBernoulli(logits=params)."""
         return Independent(_ContinuousBernoulli(logits=params, validate_args=False), 3)
@@ -103,8 +125,13 @@ class Gaussian(Likelihood):
             raise ConfigError(
                 f"Gaussian likelihood: variance={variance!r} is not one of {GAUSSIAN_VARIANCES}"
             )
-        if sigma <= 0:
-            raise ConfigError(f"Gaussian likelihood: sigma must be > 0, got {sigma}")
+        # log-sigma is clamped to [min_log_sigma, 0], so a sigma outside would be silently changed
+        if not math.exp(min_log_sigma) <= sigma <= 1.0:
+            low = math.exp(min_log_sigma)
+            raise ConfigError(
+                f"Gaussian likelihood: sigma must be in [exp(min_log_sigma)={low:.3g}, 1] "
+                f"for pixels in [0, 1], got sigma={sigma}"
+            )
         self.variance = variance
         self.min_log_sigma = min_log_sigma
         self.params_per_channel = 2 if variance == "per_pixel" else 1

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from vae_zoo.errors import ConfigError
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -32,7 +34,9 @@ def activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+        raise ConfigError(
+            f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}"
+        ) from None
 
 
 def mlp(sizes: Sequence[int], act: str, final_act: bool = False) -> nn.Sequential:
@@ -111,7 +115,10 @@ class MLPDecoder(Decoder):
 
 def _check_divisible(h: int, w: int, n: int) -> None:
     if h % 2**n or w % 2**n:
-        raise ValueError(f"conv networks halve the image {n} times; {h}x{w} is not divisible by {2**n}")
+        raise ConfigError(
+            f"conv networks halve the image {n} times; {h}x{w} is not divisible by {2**n} "
+            "(use fewer channels entries or an MLP encoder/decoder)"
+        )
 
 
 class ConvEncoder(Encoder):
@@ -161,7 +168,8 @@ class ConvDecoder(Decoder):
         c, h, w = self.out_shape
         _check_divisible(h, w, len(channels))
         self.start = (channels[0], h // 2 ** len(channels), w // 2 ** len(channels))
-        self.fc = mlp([latent_dim + cond_dim, hidden_dim, math.prod(self.start)], act, final_act=True)
+        sizes = [latent_dim + cond_dim, hidden_dim, math.prod(self.start)]
+        self.fc = mlp(sizes, act, final_act=True)
         layers: list[nn.Module] = []
         for n_in, n_out in zip(channels, [*channels[1:], c], strict=True):
             layers += [nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]

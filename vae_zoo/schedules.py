@@ -31,7 +31,7 @@ class KLSchedule:
 
 
 class LinearWarmup(KLSchedule):
-    """Linear warm-up from ``start`` to ``weight`` over ``warmup_steps`` steps (Bowman et al. 2016)."""
+    """Linear warm-up from ``start`` to ``weight`` over ``warmup_steps`` (Bowman et al. 2016)."""
 
     def __init__(self, warmup_steps: int = 5000, start: float = 0.0, weight: float = 1.0) -> None:
         super().__init__(weight)

@@ -1,4 +1,4 @@
-"""The beta-VAE: a weighted KL (Higgins et al. 2017) or a KL capacity target (Burgess et al. 2018)."""
+"""The beta-VAE: a weighted KL (Higgins et al. 2017) or a KL capacity (Burgess et al. 2018)."""
 
 from torch import Tensor
 
@@ -31,7 +31,8 @@ class BetaVAE(BaseVAE):
             raise ConfigError(f"gamma must be >= 0 (or null for the beta form), got gamma={gamma}")
         if capacity_max < 0 or capacity_steps <= 0:
             raise ConfigError(
-                f"need capacity_max >= 0 and capacity_steps > 0, got {capacity_max}, {capacity_steps}"
+                "need capacity_max >= 0 and capacity_steps > 0, got "
+                f"capacity_max={capacity_max}, capacity_steps={capacity_steps}"
             )
         super().__init__(*args, **kwargs)
         self.beta = beta

@@ -19,7 +19,11 @@ class ConditionalVAE(BaseVAE):
     """
 
     def __init__(
-        self, *args, num_classes: int = 10, prior: Literal["standard", "learned"] = "standard", **kwargs
+        self,
+        *args,
+        num_classes: int = 10,
+        prior: Literal["standard", "learned"] = "standard",
+        **kwargs,
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
@@ -49,14 +53,20 @@ class ConditionalVAE(BaseVAE):
                 "ConditionalVAE needs class labels: pass c= labels, or use a data module that "
                 "yields (x, y) batches"
             )
-        if y.is_floating_point():
+        # 2-D rows are one-hot, whatever their dtype (F.one_hot gives int64 rows)
+        if y.dim() == 2 or y.is_floating_point():
             if y.dim() != 2 or y.shape[1] != self._num_classes:
                 raise ConfigError(
                     f"condition has shape {tuple(y.shape)}, expected [B, {self._num_classes}] "
                     f"one-hot rows (num_classes={self._num_classes}); set model.num_classes to "
                     "the data set's number of classes"
                 )
-            return y
+            return y.to(self.dtype)
+        if y.dim() != 1:
+            raise ConfigError(
+                f"labels have shape {tuple(y.shape)}; give int labels [B] or one-hot rows "
+                f"[B, {self._num_classes}]"
+            )
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self._num_classes):
             raise ConfigError(
                 f"label {int(y.max()) if int(y.max()) >= self._num_classes else int(y.min())} is "
@@ -84,5 +94,5 @@ class ConditionalVAE(BaseVAE):
 
     @torch.no_grad()
     def sample(self, n: int, c: Tensor | int | None = None, mean: bool = True) -> Tensor:
-        """Images of the asked classes (labels, one int, or None for 0..K-1 cycled): [n, C, H, W]."""
+        """Images of the asked classes (labels, one int, or None: 0..K-1 cycled): [n, C, H, W]."""
         return super().sample(n, self.labels_for(n, c), mean=mean)
