@@ -1,0 +1,117 @@
+"""Helpers of the CLI tests: tiny IDX data sets, in-process runs, an interrupting callback."""
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from vae_zoo.cli import main
+from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.data import CHECKSUMS
+from vae_zoo.data.checksums import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    sha256_hex,
+)
+from vae_zoo.data.idx import encode_idx, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+N_TRAIN, N_TEST, VAL_SIZE = 120, 40, 40
+
+#: a few batches of everything: every command finishes in seconds on a CPU
+TINY = [
+    f"--data.val_size={VAL_SIZE}",
+    "--data.batch_size=16",
+    "--data.eval_batch_size=20",
+    "--data.download=false",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.limit_predict_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--model.init_args.val_k=2",
+    "--model.init_args.test_k=2",
+]
+
+
+def write_dataset(folder: Path, seed: int) -> dict[str, str]:
+    """IDX files of 28x28 images (class k: a bright bar at row 2k); returns their checksums."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    sums = {}
+    splits = ((TRAIN_IMAGES, TRAIN_LABELS, N_TRAIN), (TEST_IMAGES, TEST_LABELS, N_TEST))
+    for images, labels, n in splits:
+        y = torch.arange(n) % 10
+        x = torch.rand(n, 28, 28, generator=gen) * 60
+        for k in range(10):
+            x[y == k, 2 + 2 * k : 5 + 2 * k, 4:24] += 190
+        for name, tensor in ((images, x.to(torch.uint8)), (labels, y.to(torch.uint8))):
+            write_idx(folder / name, tensor)
+            sums[name] = sha256_hex(encode_idx(tensor))
+    return sums
+
+
+_TINY_DATA: list[tuple[Path, dict[str, dict[str, str]]]] = []
+
+
+def tiny_data(factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
+    """A data folder with tiny mnist/ and fashion-mnist/ IDX files (made once per session)."""
+    if not _TINY_DATA:
+        root = factory.mktemp("tiny_data")
+        sums = {
+            "mnist": write_dataset(root / "mnist", 0),
+            "fashion_mnist": write_dataset(root / "fashion-mnist", 1),
+        }
+        _TINY_DATA.append((root, sums))
+    return _TINY_DATA[0]
+
+
+def enter_workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: pytest.TempPathFactory
+) -> Path:
+    """Make ``tmp_path`` the working directory (``runs/`` lands there), seeing the tiny data."""
+    root, sums = tiny_data(factory)
+    for name, table in sums.items():
+        monkeypatch.setitem(CHECKSUMS, name, table)
+    monkeypatch.setenv("VAE_ZOO_DATA", str(root))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def config(*parts: str) -> str:
+    """Path of a shipped config file, e.g. ``config("mnist", "vae")``."""
+    return str(CONFIGS.joinpath(*parts[:-1], parts[-1] + ".yaml"))
+
+
+def run(*args: str) -> int:
+    """``python -m vae_zoo <args>`` in this process."""
+    return main(list(args))
+
+
+class StopAt(Callback):
+    """Test callback: interrupt training after ``step`` optimizer steps (SIGTERM or Ctrl-C)."""
+
+    def __init__(self, step: int = 2, how: str = "sigterm") -> None:
+        self.step = step
+        self.how = how
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        """Send the interruption once the step count is reached."""
+        if trainer.global_step != self.step:
+            return
+        if self.how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops after this batch
+        else:
+            raise KeyboardInterrupt

@@ -1,0 +1,103 @@
+"""Every shipped config file: experiments train (tiny budget), trainer/logger pieces compose."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_support import CONFIGS, TINY, config, enter_workdir, run
+from PIL import Image
+
+from vae_zoo.cli.run_dir import RUN_DIR_ENV
+
+EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in ("vae", "beta_vae", "cvae")]
+RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
+PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
+# logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
+TESTED_ELSEWHERE = [("logger", "wandb")]
+
+@pytest.fixture
+def workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A fresh working directory with the tiny data sets."""
+    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
+
+
+
+def test_every_config_file_is_tested_here() -> None:
+    shipped = {p.relative_to(CONFIGS).with_suffix("").parts for p in CONFIGS.rglob("*.yaml")}
+    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE)
+    assert shipped == tested
+
+
+@pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
+def test_experiment_trains(workdir: Path, dataset: str, variant: str) -> None:
+    assert run("fit", "--config", config(dataset, variant), *TINY) == 0
+    run_dir = Path("runs", dataset, variant, "version_0")
+    assert (run_dir / "checkpoints/best.ckpt").is_file()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["dataset"] == dataset
+    rows = 10 if variant == "cvae" else 8  # one row per class, or 64 samples 8 to a row
+    with Image.open(run_dir / "images/epoch_000_samples.png") as grid:
+        assert grid.size[1] == rows * 30 + 2  # 28-pixel images with 2-pixel padding
+    with Image.open(run_dir / "images/epoch_000_recon.png") as grid:
+        assert grid.size == (8 * 30 + 2, 2 * 30 + 2)  # inputs above reconstructions
+
+
+@pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
+def test_experiment_settings(dataset: str, variant: str) -> None:
+    cfg = yaml.safe_load(Path(config(dataset, variant)).read_text())
+    init = cfg["model"]["init_args"]
+    assert cfg["data"]["dataset"] == dataset
+    assert init["latent_dim"] == 32 and cfg["data"]["batch_size"] == 128 and init["lr"] == 1e-3
+    assert cfg["trainer"]["max_epochs"] == 30
+    likelihood = init["likelihood"]["class_path"].rpartition(".")[2]
+    if dataset == "mnist":
+        assert (cfg["data"]["binarize"], likelihood) == ("dynamic", "Bernoulli")
+    else:
+        assert (cfg["data"]["binarize"], likelihood) == ("none", "ContinuousBernoulli")
+    if variant == "cvae":
+        assert init["num_classes"] == 10
+
+
+@pytest.mark.parametrize(("kind", "name"), RUN_PIECES)
+def test_piece_runs_with_an_experiment(workdir: Path, kind: str, name: str) -> None:
+    args = ["--config", config("mnist", "vae"), "--config", config(kind, name), *TINY]
+    assert run("fit", *args) == 0
+    assert Path("runs/mnist/vae/version_0/metrics.csv").is_file()
+
+
+@pytest.mark.parametrize(("kind", "name"), PARSE_PIECES)
+def test_accelerator_piece_parses(capsys: pytest.CaptureFixture, kind: str, name: str) -> None:
+    args = ["--config", config("mnist", "vae"), "--config", config(kind, name), "--print_config"]
+    assert run("fit", *args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    piece = yaml.safe_load(Path(config(kind, name)).read_text())["trainer"]
+    assert contains(printed, piece)
+
+
+def contains(full: object, part: object) -> bool:
+    """Whether every key and value of ``part`` is in ``full`` (dicts compared recursively)."""
+    if isinstance(part, dict):
+        return isinstance(full, dict) and all(
+            k in full and contains(full[k], v) for k, v in part.items()
+        )
+    return full == part
+
+
+@pytest.mark.integration
+def test_quick_start_on_real_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.environ.get("VAE_ZOO_DATA")
+    if not data or not (Path(data) / "mnist").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs the real data: set VAE_ZOO_DATA to the folder holding mnist/")
+        pytest.skip("real MNIST not found: set VAE_ZOO_DATA")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    budget = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+              "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false"]
+    assert run("fit", "--config", config("mnist", "vae"), *budget) == 0
+    assert Path("runs/mnist/vae/version_0/checkpoints/best.ckpt").is_file()

@@ -1,0 +1,181 @@
+"""Training callbacks: image grids of reconstructions and samples, and a checkpoint on interrupt."""
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+
+class ImageGridLogger(Callback):
+    """Every ``every_n_epochs`` validation epochs, save and log two image grids.
+
+    * ``epoch_XXX_recon.png``: ``num_images`` fixed validation images (top row) above their
+      reconstructions, the means of p(x|z=mu) (bottom row);
+    * ``epoch_XXX_samples.png``: decoded prior samples, the same z every epoch; for a
+      conditional model one row per class.
+
+    The PNGs go to ``dirpath`` (default ``<run_dir>/images``) and to every logger that can take
+    images (W&B ``log_image``, TensorBoard ``add_image``); the others are skipped. Grids are
+    computed on every rank (sharded models need all of them) and written by rank 0 only.
+
+    Args:
+        every_n_epochs: period in epochs; 0 turns the callback off.
+        num_images: validation images in the reconstruction grid.
+        num_samples: prior samples of an unconditional model (shown 8 per row).
+        samples_per_class: samples per class row of a conditional model.
+        seed: seed of the fixed prior draws.
+        dirpath: folder of the PNG files (None: ``images`` in the run directory).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_images: int = 8,
+        num_samples: int = 64,
+        samples_per_class: int = 8,
+        seed: int = 0,
+        dirpath: str | None = None,
+    ) -> None:
+        if every_n_epochs < 0 or num_images < 1 or num_samples < 1 or samples_per_class < 1:
+            raise ValueError(
+                "ImageGridLogger needs every_n_epochs >= 0 and num_images, num_samples, "
+                "samples_per_class >= 1"
+            )
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.dirpath = dirpath
+        self._fixed: tuple[Tensor, Tensor | None] | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the first validation images seen, so every epoch shows the same ones."""
+        if self._fixed is not None or batch_idx != 0 or dataloader_idx != 0:
+            return
+        if isinstance(batch, (tuple, list)):
+            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            x, y = batch, None
+        n = min(self.num_images, x.shape[0])
+        self._fixed = (x[:n].detach().clone(), None if y is None else y[:n].detach().clone())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Build, save and log the grids at the end of every ``every_n_epochs``-th epoch."""
+        if (
+            self.every_n_epochs == 0
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or self._fixed is None
+            or (trainer.current_epoch + 1) % self.every_n_epochs
+        ):
+            return
+        with _full_parameters(trainer):
+            grids = {
+                "recon": self.reconstruction_grid(pl_module),
+                "samples": self.sample_grid(pl_module),
+            }
+        if not trainer.is_global_zero:
+            return
+        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind, grid in grids.items():
+            save_image(grid, folder / f"epoch_{trainer.current_epoch:03d}_{kind}.png")
+            for logger in trainer.loggers:
+                _log_image(logger, f"images/{kind}", grid, trainer.global_step)
+
+    @torch.no_grad()
+    def reconstruction_grid(self, model: Any) -> Tensor:
+        """Inputs (top row) and reconstructions E[x|z=mu] (bottom row) of the fixed images."""
+        assert self._fixed is not None
+        x, y = (t.to(model.device) if t is not None else None for t in self._fixed)
+        mu, _ = model.encode(x.to(model.dtype), y)  # bf16-true models hold bf16 weights
+        recon = model.likelihood.mean(model.decode(mu, y))
+        pair = torch.cat([x.to(recon.dtype), recon]).float().cpu()
+        return make_grid(pair, nrow=x.shape[0], pad_value=1.0)
+
+    @torch.no_grad()
+    def sample_grid(self, model: Any) -> Tensor:
+        """Prior samples from a fixed seed; one row per class for conditional models."""
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            num_classes = getattr(model, "num_classes", None)
+            if num_classes:
+                labels = torch.arange(num_classes, device=model.device)
+                labels = labels.repeat_interleave(self.samples_per_class)
+                images, nrow = model.sample(len(labels), labels), self.samples_per_class
+            else:
+                images, nrow = model.sample(self.num_samples), 8
+        return make_grid(images.float().cpu(), nrow=nrow, pad_value=1.0)
+
+
+def _full_parameters(trainer: L.Trainer) -> contextlib.AbstractContextManager:
+    """Outside its forward an FSDP model holds only shards; gather them (on every rank)."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False)
+    return contextlib.nullcontext()
+
+
+def _log_image(logger: Any, key: str, grid: Tensor, step: int) -> None:
+    """Send one image to a logger that can take images; others are skipped."""
+    if hasattr(logger, "log_image"):
+        logger.log_image(key=key, images=[grid], step=step)
+    elif hasattr(getattr(logger, "experiment", None), "add_image"):
+        logger.experiment.add_image(key, grid, step)
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl-C or SIGTERM during ``fit``, save ``<dirpath>/last.ckpt`` to resume from.
+
+    Lightning stops a SIGTERM-ed run after the current batch and a Ctrl-C-ed one at once;
+    both reach ``on_exception``. Other exceptions (e.g. a NaN loss) leave the last good
+    ``last.ckpt`` alone. Lightning writes checkpoints to a temporary file first and moves it
+    into place, so a kill during the save leaves the previous file intact.
+
+    Args:
+        dirpath: the checkpoint folder (the CLI sets ``<run_dir>/checkpoints``).
+        filename: file name without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
+        self.dirpath = Path(dirpath)
+        self.filename = filename
+
+    @property
+    def ckpt_path(self) -> Path:
+        """Where the checkpoint is written."""
+        return self.dirpath / f"{self.filename}.ckpt"
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Save a checkpoint when the run was interrupted rather than failed."""
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        trainer.save_checkpoint(self.ckpt_path)
+        rank_zero_info(
+            f"interrupted at global step {trainer.global_step}; saved {self.ckpt_path} "
+            "(resume with --ckpt_path last)"
+        )
