@@ -1,0 +1,68 @@
+"""Train scalars are logged only on the steps Lightning writes, with the same rows as every step."""
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from vae_zoo.models import VAE
+
+TINY = {"latent_dim": 2, "image_shape": (1, 4, 4), "val_k": 0}
+TRAIN_KEYS = ("train/loss", "train/elbo", "train/recon", "train/kl", "train/kl_weight")
+
+
+class EveryStepVAE(VAE):
+    """The reference: logs every train scalar on every step (the straightforward way)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = self._unpack(batch)
+        terms = self.elbo(x, y)
+        loss = terms["loss"].mean()
+        self.log_dict({f"train/{k}": v.mean() for k, v in terms.items()}, prog_bar=False)
+        self.log("train/kl_weight", self.kl_weight)
+        return loss
+
+
+def _fit(cls: type[VAE], root: Path, **trainer_kwargs) -> tuple[list[dict], dict]:
+    L.seed_everything(0, verbose=False)
+    model = cls(**TINY)
+    data = TensorDataset(torch.bernoulli(torch.full((40, 1, 4, 4), 0.4)), torch.zeros(40).long())
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=CSVLogger(root, name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+    with open(root / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    callback = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    return rows, callback
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs",
+    [
+        {"max_epochs": 2, "log_every_n_steps": 3},  # 10 batches/epoch: not a multiple of 3
+        {"max_steps": 7, "log_every_n_steps": 3},  # stops mid-epoch
+        {"max_epochs": 1, "log_every_n_steps": 1},
+    ],
+)
+def test_logged_rows_match_logging_every_step(tmp_path, trainer_kwargs) -> None:
+    rows, callback = _fit(VAE, tmp_path / "fast", **trainer_kwargs)
+    ref_rows, ref_callback = _fit(EveryStepVAE, tmp_path / "ref", **trainer_kwargs)
+    assert rows == ref_rows
+    every = trainer_kwargs["log_every_n_steps"]
+    assert [int(r["step"]) for r in rows] == [
+        s for s in range(int(rows[-1]["step"]) + 1) if (s + 1) % every == 0
+    ]
+    # after fit, callback_metrics hold the last step's values, as when logging every step
+    assert set(TRAIN_KEYS) <= set(callback)
+    assert callback == pytest.approx(ref_callback)

@@ -1,0 +1,270 @@
+"""Load any trained variant, with its data settings and logs, from a run folder or a .ckpt file.
+
+A run folder holds ``checkpoints/best.ckpt`` / ``checkpoints/last.ckpt`` (or any ``*.ckpt``),
+``config.yaml`` (the resolved CLI config, whose ``data`` section names the data set) and
+``metrics.csv``. The model class comes from the ``_class_path`` LightningCLI stores in the
+checkpoint's hyper-parameters; checkpoints written without the CLI fall back to guessing the
+variant from the hyper-parameter names.
+"""
+
+import csv
+import importlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vae_zoo.errors import CheckpointMismatchError, ConfigError
+from vae_zoo.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
+from vae_zoo.models import VARIANTS, BaseVAE, BetaVAE, ConditionalVAE
+
+CHECKPOINT_NAMES = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with everything known about the run that produced it."""
+
+    source: Path
+    ckpt_path: Path
+    run_dir: Path | None
+    model: BaseVAE
+    variant: str
+    data: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+    global_step: int | None = None
+    metrics_csv: Path | None = None
+    name: str = ""
+
+    @property
+    def dataset(self) -> str | None:
+        """The data set named by the run's data settings (None when the run does not say)."""
+        return self.data.get("dataset")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run folder or None) for a run folder or a .ckpt path."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; give a run folder or a .ckpt file")
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name, path
+        found = sorted(path.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(
+                f"no checkpoint in {path} (looked for {', '.join(CHECKPOINT_NAMES)} and any "
+                "*.ckpt below it); train with `python -m vae_zoo fit` first"
+            )
+        return found[-1], path
+    if path.parent.name == "checkpoints":
+        return path, path.parent.parent
+    return path, path.parent if (path.parent / "config.yaml").is_file() else None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary, with a readable error for files that are not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure means the same thing to the user
+        raise CheckpointMismatchError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointMismatchError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if "hyper_parameters" not in ckpt:
+        raise CheckpointMismatchError(
+            f"{path} has no hyper_parameters, so it was not written by a vae_zoo model"
+        )
+    return ckpt
+
+
+def model_class(hparams: dict[str, Any]) -> type[BaseVAE]:
+    """The BaseVAE subclass a checkpoint's hyper-parameters describe."""
+    class_path = hparams.get("_class_path")
+    if class_path:
+        module_name, _, name = str(class_path).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            raise CheckpointMismatchError(
+                f"the checkpoint's model class {class_path!r} cannot be imported"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, BaseVAE)):
+            raise CheckpointMismatchError(f"{class_path!r} is not a vae_zoo model (BaseVAE)")
+        return cls
+    # checkpoints written without LightningCLI: the variant-specific arguments tell them apart
+    if "num_classes" in hparams or "prior" in hparams:
+        return ConditionalVAE
+    if "beta" in hparams or "gamma" in hparams:
+        return BetaVAE
+    return VARIANTS["vae"]
+
+
+def variant_name(model: BaseVAE) -> str:
+    """The registry name (``vae``, ``beta_vae``, ``cvae``) of a model, or its class name."""
+    for name, cls in VARIANTS.items():
+        if type(model) is cls:
+            return name
+    for name, cls in VARIANTS.items():
+        if isinstance(model, cls):
+            return name
+    return type(model).__name__
+
+
+def likelihood_name(model: BaseVAE) -> str:
+    """A short description of p(x|z), e.g. ``bernoulli`` or ``gaussian(learned, sigma=0.08)``."""
+    lik = model.likelihood
+    if isinstance(lik, ContinuousBernoulli):
+        return "continuous_bernoulli"
+    if isinstance(lik, Bernoulli):
+        return "bernoulli"
+    if isinstance(lik, Gaussian):
+        if lik.variance == "per_pixel":
+            return "gaussian(per_pixel)"
+        sigma = math.exp(float(lik.log_sigma.clamp(lik.min_log_sigma, 0.0)))
+        return f"gaussian({lik.variance}, sigma={sigma:.3g})"
+    return type(lik).__name__.lower()
+
+
+def read_config(run_dir: Path | None) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a dictionary ({} when there is none)."""
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return {}
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML: {err}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def data_settings(config: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The data-module arguments of a run, from config.yaml or else from the checkpoint."""
+    data = config.get("data")
+    if isinstance(data, dict):
+        return dict(data.get("init_args", data))
+    hp = ckpt.get("datamodule_hyper_parameters")
+    return dict(hp) if isinstance(hp, dict) else {}
+
+
+def find_metrics_csv(run_dir: Path | None) -> Path | None:
+    """The run's CSVLogger ``metrics.csv`` (the newest one below the run folder), or None."""
+    if run_dir is None:
+        return None
+    if (run_dir / "metrics.csv").is_file():
+        return run_dir / "metrics.csv"
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def read_metrics_csv(path: Path | None) -> dict[str, list[tuple[float, float]]]:
+    """Columns of a metrics.csv as ``{name: [(epoch, value), ...]}``, empty cells skipped."""
+    if path is None:
+        return {}
+    columns: dict[str, list[tuple[float, float]]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            epoch = _float(row.get("epoch"))
+            for name, cell in row.items():
+                value = _float(cell)
+                if name in (None, "epoch", "step") or value is None:
+                    continue
+                columns.setdefault(name, []).append((math.nan if epoch is None else epoch, value))
+    return columns
+
+
+def _float(cell: str | None) -> float | None:
+    try:
+        return float(cell) if cell not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedRun:
+    """Load the model of a run folder or checkpoint, in eval mode on ``map_location``."""
+    ckpt_path, run_dir = resolve_checkpoint(path)
+    ckpt = read_checkpoint(ckpt_path)
+    cls = model_class(ckpt["hyper_parameters"])
+    try:
+        # Checkpoints written without the CLI hold pickled network classes in their
+        # hyper-parameters, which weights_only=True refuses; read_checkpoint has already
+        # unpickled this file in full. BaseVAE's override re-checks the class (done above)
+        # with weights_only=True, so Lightning's loader is called directly.
+        model = super(BaseVAE, cls).load_from_checkpoint(
+            ckpt_path, map_location=map_location, weights_only=False
+        )
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} does not fit {cls.__name__}: {str(err).splitlines()[0]}"
+        ) from None
+    model.eval()
+    return LoadedRun(
+        source=Path(path),
+        ckpt_path=ckpt_path,
+        run_dir=run_dir,
+        model=model,
+        variant=variant_name(model),
+        data=data_settings(read_config(run_dir), ckpt),
+        epochs=completed_epochs(ckpt),
+        global_step=ckpt.get("global_step"),
+        metrics_csv=find_metrics_csv(run_dir),
+    )
+
+
+def unique_labels(runs: list["LoadedRun"]) -> list[str]:
+    """Short distinct names: the fewest trailing parts of each run folder (or checkpoint path).
+
+    Two checkpoints of one run folder are told apart by the checkpoint's name (``run:last``).
+    """
+    paths = [r.run_dir if r.run_dir is not None else r.ckpt_path.with_suffix("") for r in runs]
+    parts = [p.resolve().parts for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(p[-depth:]) for p in parts]
+        distinct = len(set(labels)) == len(set(paths))
+        if distinct or depth >= max(len(p) for p in parts):
+            break
+        depth += 1
+    counts = {label: labels.count(label) for label in labels}
+    labels = [
+        f"{label}:{run.ckpt_path.stem}" if counts[label] > 1 else label
+        for label, run in zip(labels, runs, strict=True)
+    ]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:  # the very same checkpoint given twice still needs two names
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def completed_epochs(ckpt: dict[str, Any]) -> int | None:
+    """Training epochs behind a checkpoint (those it has seen, the one it was saved in counted)."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        # checkpoints are saved at an epoch's end, when ``epoch`` is still that epoch's index
+        return None if ckpt.get("epoch") is None else int(ckpt["epoch"]) + 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; other names as given (checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
