@@ -43,12 +43,14 @@ TINY = [
 ]
 
 
-def write_dataset(folder: Path, seed: int) -> dict[str, str]:
+def write_dataset(
+    folder: Path, seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST
+) -> dict[str, str]:
     """IDX files of 28x28 images (class k: a bright bar at row 2k); returns their checksums."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     sums = {}
-    splits = ((TRAIN_IMAGES, TRAIN_LABELS, N_TRAIN), (TEST_IMAGES, TEST_LABELS, N_TEST))
+    splits = ((TRAIN_IMAGES, TRAIN_LABELS, n_train), (TEST_IMAGES, TEST_LABELS, n_test))
     for images, labels, n in splits:
         y = torch.arange(n) % 10
         x = torch.rand(n, 28, 28, generator=gen) * 60

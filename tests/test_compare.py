@@ -10,20 +10,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from cli_support import write_dataset
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from vae_zoo.cli import main as cli_main
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
 from vae_zoo.data import CHECKSUMS, VAEDataModule
-from vae_zoo.data.checksums import (
-    TEST_IMAGES,
-    TEST_LABELS,
-    TRAIN_IMAGES,
-    TRAIN_LABELS,
-    sha256_hex,
-)
-from vae_zoo.data.idx import encode_idx, write_idx
 from vae_zoo.evaluation import compare, sample
 from vae_zoo.evaluation.classifier import (
     ClassifierUnavailableError,
@@ -61,23 +54,6 @@ images: {{every_n_epochs: 0}}
 """
 
 
-def _write_dataset(folder: Path, n_train: int, n_test: int, seed: int) -> dict[str, str]:
-    """IDX files of easy 28x28 images (class k: a bright bar at row 2k) and their checksums."""
-    folder.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    sums = {}
-    for images, labels, n in ((TRAIN_IMAGES, TRAIN_LABELS, n_train),
-                              (TEST_IMAGES, TEST_LABELS, n_test)):
-        y = torch.arange(n) % 10
-        x = torch.rand(n, 28, 28, generator=gen) * 60
-        for k in range(10):
-            x[y == k, 2 + 2 * k : 5 + 2 * k, 4:24] += 190
-        for name, tensor in ((images, x.to(torch.uint8)), (labels, y.to(torch.uint8))):
-            write_idx(folder / name, tensor)
-            sums[name] = sha256_hex(encode_idx(tensor))
-    return sums
-
-
 @dataclass
 class Env:
     root: Path
@@ -92,8 +68,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = tmp_path_factory.mktemp("compare")
     data = root / "data"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(CHECKSUMS, "mnist", _write_dataset(data / "mnist", 300, 100, 0))
-        mp.setitem(CHECKSUMS, "fashion_mnist", _write_dataset(data / "fashion-mnist", 200, 60, 1))
+        mp.setitem(CHECKSUMS, "mnist", write_dataset(data / "mnist", 300, 100, 0))
+        mp.setitem(CHECKSUMS, "fashion_mnist", write_dataset(data / "fashion-mnist", 200, 60, 1))
         mp.setenv("VAE_ZOO_DATA", str(data))
         mp.setenv("VAE_ZOO_CACHE", str(root / "cache"))
         mp.setenv("WANDB_MODE", "disabled")

@@ -51,7 +51,7 @@ def test_experiment_settings(dataset: str, variant: str) -> None:
     init = cfg["model"]["init_args"]
     assert cfg["data"]["dataset"] == dataset
     assert init["latent_dim"] == 32 and cfg["data"]["batch_size"] == 128 and init["lr"] == 1e-3
-    assert cfg["trainer"]["max_epochs"] == 30
+    assert cfg["trainer"]["max_epochs"] == 90
     likelihood = init["likelihood"]["class_path"].rpartition(".")[2]
     if dataset == "mnist":
         assert (cfg["data"]["binarize"], likelihood) == ("dynamic", "Bernoulli")

@@ -14,6 +14,7 @@ never per-pixel means. A variant changes the objective by overriding :meth:`Base
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,11 @@ class BaseVAE(L.LightningModule):
             )
         if lr <= 0:
             raise ConfigError(f"lr must be > 0, got {lr}")
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # Lightning suggests ignoring nn.Module arguments, but the likelihood must stay in
+            # the hyperparameters: load_from_checkpoint rebuilds the model from them.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
         self.likelihood = likelihood if likelihood is not None else Bernoulli()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from .spec import SweepSpec, import_sweeps
 
@@ -79,6 +78,9 @@ class Proposer:
 
     def propose(self, trials: list[TrialState], n: int = 1) -> list[dict[str, Any]]:
         """Up to ``n`` new parameter sets given all runs so far (fewer once a grid is exhausted)."""
+        # sklearn comes with the sweeps extra, so it is imported only once the engine exists
+        from sklearn.exceptions import ConvergenceWarning
+
         runs = self._sweep_runs(trials)
         proposals: list[dict[str, Any]] = []
         with self._seeded(), warnings.catch_warnings():
