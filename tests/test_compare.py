@@ -68,8 +68,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = tmp_path_factory.mktemp("compare")
     data = root / "data"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(CHECKSUMS, "mnist", write_dataset(data / "mnist", 300, 100, 0))
-        mp.setitem(CHECKSUMS, "fashion_mnist", write_dataset(data / "fashion-mnist", 200, 60, 1))
+        mnist = write_dataset(data / "mnist", seed=0, n_train=300, n_test=100)
+        fashion = write_dataset(data / "fashion-mnist", seed=1, n_train=200, n_test=60)
+        mp.setitem(CHECKSUMS, "mnist", mnist)
+        mp.setitem(CHECKSUMS, "fashion_mnist", fashion)
         mp.setenv("VAE_ZOO_DATA", str(data))
         mp.setenv("VAE_ZOO_CACHE", str(root / "cache"))
         mp.setenv("WANDB_MODE", "disabled")
