@@ -56,7 +56,7 @@ def test_experiment_settings(dataset: str, variant: str) -> None:
     if dataset == "mnist":
         assert (cfg["data"]["binarize"], likelihood) == ("dynamic", "Bernoulli")
     else:
-        assert (cfg["data"]["binarize"], likelihood) == ("none", "ContinuousBernoulli")
+        assert (cfg["data"]["binarize"], likelihood) == ("none", "Bernoulli")
     if variant == "cvae":
         assert init["num_classes"] == 10
 
