@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from cli_support import write_dataset
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.cli import main as cli_main
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
@@ -100,9 +100,7 @@ def _plain_checkpoint(root: Path) -> Path:
     """A VAE fit by a bare Trainer on Fashion-MNIST: no config.yaml, no class path."""
     dm = VAEDataModule("fashion_mnist", batch_size=50, val_size=20, download=False)
     model = _tiny_vae(val_k=2)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, default_root_dir=str(root))
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, default_root_dir=str(root))
     trainer.fit(model, datamodule=dm)
     path = root / "plain" / "fashion_vae.ckpt"
     trainer.save_checkpoint(path)
@@ -181,9 +179,7 @@ def test_compare_asks_for_the_data_set_when_the_checkpoint_does_not_say(
     model = _tiny_vae()
     loader = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)),
                         batch_size=8)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(env.root))
+    trainer = quiet_trainer(max_steps=1, default_root_dir=str(env.root))
     trainer.fit(model, loader)
     ckpt = env.root / "anon" / "anon.ckpt"
     trainer.save_checkpoint(ckpt)

@@ -8,10 +8,10 @@ import copy
 import functools
 import pickle
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.models import VAE
 from vae_zoo.models.base import compiled_forward_pass
@@ -70,15 +70,7 @@ def test_compiled_model_trains_under_lightning(tmp_path) -> None:
     model = VAE(**TINY, compile=True)
     before = [p.detach().clone() for p in model.parameters()]
     data = TensorDataset(torch.bernoulli(torch.full((24, 1, 4, 4), 0.4)), torch.zeros(24).long())
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=3, default_root_dir=tmp_path)
     trainer.fit(model, DataLoader(data, batch_size=8))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

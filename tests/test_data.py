@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from trainers import quiet_trainer
 
 from vae_zoo.data import (
     CHECKSUMS,
@@ -619,16 +620,7 @@ class TinyModel(L.LightningModule):
 def test_lightning_trainer_accepts_the_loaders(data_dir: Path, val_size: int) -> None:
     dm = VAEDataModule(data_dir=str(data_dir), val_size=val_size, batch_size=16, download=False)
     model = TinyModel()
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     assert model.seen["train"] == 2 * (N_TRAIN - val_size)
     assert model.seen["val"] == 2 * val_size

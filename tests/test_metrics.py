@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.evaluation.metrics import ActiveUnits, KLPerDim, VAEMetrics
 from vae_zoo.models import VAE, ConditionalVAE
@@ -31,14 +32,7 @@ def _data(n: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def _trainer() -> L.Trainer:
-    return L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(max_epochs=1)
 
 
 class ConstantMuEncoder(nn.Module):
@@ -249,8 +243,7 @@ def test_classifier_metrics_callback_logs_accuracies_with_a_cached_classifier(
     save_classifier(TrainedClassifier(net, "mnist", 0.5), tmp_path / "classifiers" / "mnist.pt")
     dm = _LabelledData(str(tmp_path))
     model = ConditionalVAE(latent_dim=2, num_classes=10, test_k=2, **TINY)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[ClassifierMetrics()])
+    trainer = quiet_trainer(callbacks=[ClassifierMetrics()])
     logged = trainer.test(model, datamodule=dm, verbose=False)[0]
     with torch.no_grad():
         mu, _ = model.encode(dm.x, dm.y)
@@ -267,7 +260,6 @@ def test_classifier_metrics_callback_skips_without_a_classifier(tmp_path, monkey
 
     monkeypatch.setenv("VAE_ZOO_CACHE", str(tmp_path / "cache"))
     model = VAE(latent_dim=2, test_k=2, **TINY)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[ClassifierMetrics()])
+    trainer = quiet_trainer(callbacks=[ClassifierMetrics()])
     logged = trainer.test(model, datamodule=_LabelledData(str(tmp_path)), verbose=False)[0]
     assert "test/recon_acc" not in logged and "test/nll" in logged

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.errors import ConfigError, NonFiniteLossError
 from vae_zoo.gaussian import gaussian_kl
@@ -489,16 +490,7 @@ def test_non_finite_loss_names_the_step_and_the_terms(binary_batch) -> None:
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(default_root_dir=tmp_path, **kwargs)
 
 
 def test_non_finite_loss_stops_a_fit_at_the_right_step(tmp_path, binary_batch) -> None:

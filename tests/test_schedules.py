@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import VAE
@@ -106,16 +107,7 @@ def test_kl_weight_follows_the_schedule_during_fit(tmp_path) -> None:
     model = VAE(**TINY, kl_schedule=schedule, val_k=0)
     data = TensorDataset(torch.bernoulli(torch.full((12, 1, 4, 4), 0.5)), torch.zeros(12).long())
     record = _RecordKLWeight()
-    trainer = L.Trainer(
-        max_steps=5,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[record],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=5, callbacks=[record], default_root_dir=tmp_path)
     trainer.fit(model, DataLoader(data, batch_size=4))
     assert [t for t, _ in record.seen] == [0, 1, 2, 3, 4]
     assert [w for _, w in record.seen] == pytest.approx([0.0, 2 / 3, 1.0, 1.0, 1.0])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from vae_zoo.models import VAE
 
@@ -31,14 +32,8 @@ def _fit(cls: type[VAE], root: Path, **trainer_kwargs) -> tuple[list[dict], dict
     L.seed_everything(0, verbose=False)
     model = cls(**TINY)
     data = TensorDataset(torch.bernoulli(torch.full((40, 1, 4, 4), 0.4)), torch.zeros(40).long())
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=CSVLogger(root, name="", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        **trainer_kwargs,
+    trainer = quiet_trainer(
+        logger=CSVLogger(root, name="", version=""), default_root_dir=root, **trainer_kwargs
     )
     trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
     with open(root / "metrics.csv", newline="") as f:
