@@ -7,6 +7,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from vae_zoo.data.checksums import (
@@ -148,6 +149,13 @@ class VAEDataModule(L.LightningDataModule):
             return
         # The verified bytes are kept for setup() in this process, so they are read only once.
         self._files = provision(self.dataset, self.data_dir, download=self.download)
+        folders = sorted({str(f.path.parent) for f in self._files.values()})
+        sources = sorted({f.source for f in self._files.values()})
+        # one line, so a user sees which copy was used and that a download happened
+        rank_zero_info(
+            f"data: {self.dataset} verified by SHA-256 in {', '.join(folders)} "
+            f"(from {', '.join(sources)})"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Load all splits into memory once, and move them to the training device."""
