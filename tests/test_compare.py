@@ -147,7 +147,7 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == ["beta", "cvae", "fashion_vae"]
     md = (out / "comparison.md").read_text()
-    assert "| beta | beta_vae | mnist |" in md and "own test accuracy" in md
+    assert "| beta | beta_vae | -(recon - 4*KL) | mnist |" in md and "own test accuracy" in md
     assert "| cvae | cvae |" in capsys.readouterr().out
     assert _read_png(out / "comparison.png")[0] > 0
 

@@ -128,7 +128,7 @@ def _single_process(ckpt: Path, data_dir: Path, split: str, k: int, seed: int) -
     parts: dict[str, list[torch.Tensor]] = {}
     for x, y in loader:
         out = model(x, y)
-        terms = model.terms(out)
+        terms = model.loss(out, x)
         recon_mean = model.likelihood.mean(model.decode(out.mu, y))
         values = {
             **terms,
@@ -143,7 +143,7 @@ def _single_process(ckpt: Path, data_dir: Path, split: str, k: int, seed: int) -
 
 
 def _summary(per_example: dict) -> dict[str, float]:
-    """The split-level values VAEMetrics reports, from per-example tensors."""
+    """The split-level values SplitMetrics reports, from per-example tensors."""
     mu = per_example["mu"]
     out = {n: per_example[n].mean().item() for n in ("kl", "mse", *STOCHASTIC)}
     out["kl_dim_max"] = per_example["kl_per_dim"].mean(0).max().item()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from fixed_noise import EpsBank
 from torch import Tensor
 
 import vae_zoo.models as models
@@ -233,16 +234,10 @@ def test_iw_log_likelihood_matches_independent_recomputation(monkeypatch) -> Non
     x, y = _data(case, torch.float64)
     k = 3
     eps = torch.randn(k, 6, 4, dtype=torch.float64)
-    used = []
-
-    def fixed_reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
-        start = sum(used)
-        used.append(mu.shape[0])
-        return mu + torch.exp(0.5 * logvar) * eps[start : start + mu.shape[0]]
-
-    monkeypatch.setattr(model, "reparameterize", fixed_reparameterize)
+    bank = EpsBank(eps)
+    monkeypatch.setattr(model, "posterior", bank.posterior_of(model))
     ours = model.log_likelihood(x, y, k=k)
-    assert used == [1, 1, 1]
+    assert bank.chunks == [1, 1, 1]
 
     with torch.no_grad():
         mu, logvar = model.encode(x, y)

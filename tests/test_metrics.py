@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
-from vae_zoo.evaluation.metrics import ActiveUnits, KLPerDim, VAEMetrics
+from vae_zoo.metrics import ActiveUnits, KLPerDim, SplitMetrics, TermMeans
 from vae_zoo.models import VAE, ConditionalVAE
 from vae_zoo.networks import MLPDecoder, MLPEncoder
 
@@ -114,10 +114,8 @@ def test_iw_nll_is_at_most_the_negative_elbo_on_a_trained_model() -> None:
 
 
 def _metrics_for(model: VAE, x: Tensor, threshold: float = 0.01) -> dict[str, float]:
-    metrics = VAEMetrics("test", model, active_threshold=threshold)
-    with torch.no_grad():
-        out = model(x)
-        metrics.update(x, None, out, model.terms(out), None)
+    metrics = SplitMetrics(active_threshold=threshold)
+    model.update_metrics(metrics, model.evaluate_batch(x, None, k=0))
     return metrics.compute()
 
 
@@ -155,36 +153,33 @@ def test_kl_per_dim_vector_and_max() -> None:
 
 def _batches(model: VAE, x: Tensor, y: Tensor, size: int):
     torch.manual_seed(5)
-    with torch.no_grad():
-        for xb, yb in zip(x.split(size), y.split(size), strict=True):
-            out = model(xb, yb)
-            nll = -model.log_likelihood(xb, yb, k=4)
-            recon = model.likelihood.mean(model.decode(out.mu, yb))
-            yield xb, yb, out, model.terms(out), nll, recon
+    return [model.evaluate_batch(xb, yb, k=4) for xb, yb in zip(x.split(size), y.split(size),
+                                                                 strict=True)]
+
+
+def _add(metrics: SplitMetrics, ev) -> None:
+    metrics.update(ev.terms, ev.out.kl_per_dim, ev.out.mu)
 
 
 def test_two_ranks_merged_equal_one_pass_and_batching_does_not_matter() -> None:
     x, y = _data(60)
     model = VAE(latent_dim=3, image_shape=SHAPE, **TINY).eval()
-    batches = list(_batches(model, x, y, 12))  # the same draws for every accumulation below
+    batches = _batches(model, x, y, 12)  # the same draws for every accumulation below
 
-    single = VAEMetrics("test", model)
-    xs, ys, outs, terms, nlls, recons = zip(*batches, strict=True)
-    cat_out = type(outs[0])(*(torch.cat([getattr(o, f) for o in outs]) for f in
-                              ("mu", "logvar", "z", "params", "recon", "kl_per_dim")))
-    cat_terms = {k: torch.cat([t[k] for t in terms]) for k in terms[0]}
-    single.update(torch.cat(xs), torch.cat(ys), cat_out, cat_terms, torch.cat(nlls),
-                  reconstruction=torch.cat(recons))
-
-    batchwise = VAEMetrics("test", model)
-    ranks = [VAEMetrics("test", model), VAEMetrics("test", model)]
+    single = SplitMetrics()
+    single.update(
+        {k: torch.cat([b.terms[k] for b in batches]) for k in batches[0].terms},
+        torch.cat([b.out.kl_per_dim for b in batches]),
+        torch.cat([b.out.mu for b in batches]),
+    )
+    batchwise = SplitMetrics()
+    ranks = [SplitMetrics(), SplitMetrics()]
     for i, b in enumerate(batches):
-        batchwise.update(*b[:5], reconstruction=b[5])
-        ranks[i % 2].update(*b[:5], reconstruction=b[5])  # rank r gets batches r::2
+        _add(batchwise, b)
+        _add(ranks[i % 2], b)  # rank r gets batches r::2
     # what a distributed sync does with dist_reduce_fx="sum": add the other rank's states
-    for mine, theirs in zip(ranks[0].loggable().values(), ranks[1].loggable().values(),
-                            strict=True):
-        mine.merge_state(theirs)
+    for name in ("terms", "kl_dim", "active"):
+        getattr(ranks[0], name).merge_state(getattr(ranks[1], name))
 
     expected = single.compute()
     assert set(expected) == {"loss", "elbo", "recon", "kl", "nll", "bpd", "mse", "kl_dim_max",
@@ -199,23 +194,48 @@ def test_two_ranks_merged_equal_one_pass_and_batching_does_not_matter() -> None:
 
 
 def test_every_metric_state_is_summed_across_ranks() -> None:
+    from torchmetrics import Metric
     from torchmetrics.utilities.data import dim_zero_sum
 
-    model = VAE(latent_dim=2, image_shape=SHAPE, **TINY)
-    for metric in VAEMetrics("val", model).loggable().values():
+    x, y = _data(16)
+    model = VAE(latent_dim=2, image_shape=SHAPE, **TINY).eval()
+    metrics = SplitMetrics()
+    _add(metrics, _batches(model, x, y, 16)[0])
+    found = [m for m in metrics.modules() if isinstance(m, Metric)]
+    assert len(found) == 3
+    for metric in found:
         assert metric._reductions and all(fx is dim_zero_sum for fx in metric._reductions.values())
 
 
 def test_reset_forgets_the_accumulated_values() -> None:
     x, y = _data(16)
     model = VAE(latent_dim=2, image_shape=SHAPE, **TINY).eval()
-    metrics = VAEMetrics("test", model)
+    metrics = SplitMetrics()
     for b in _batches(model, x, y, 8):
-        metrics.update(*b[:5], reconstruction=b[5])
+        _add(metrics, b)
     metrics.reset()
-    assert "test/nll" not in metrics.loggable() and "test/mse" not in metrics.loggable()
+    assert metrics.compute() == {}
     assert metrics.kl_dim.count == 0 and metrics.active.count == 0
-    assert all(m.weight == 0 for m in metrics.means.values())
+
+
+def test_term_means_weight_examples_and_batch_scalars_alike() -> None:
+    means = TermMeans()
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0])
+    means.update({"per_example": a, "batch_scalar": torch.tensor(4.0)}, batch_size=3)
+    means.update({"per_example": b, "batch_scalar": torch.tensor(8.0)}, batch_size=1)
+    values = means.compute()
+    assert list(values) == ["per_example", "batch_scalar"]
+    assert float(values["per_example"]) == pytest.approx(16.0 / 4)
+    assert float(values["batch_scalar"]) == pytest.approx((4.0 * 3 + 8.0) / 4)
+    with pytest.raises(ValueError, match="same keys"):
+        means.update({"per_example": a}, batch_size=3)
+
+
+def test_metrics_that_do_not_apply_are_absent() -> None:
+    metrics = SplitMetrics()
+    metrics.update({"loss": torch.ones(4)})  # no KL per dimension, no continuous latent
+    assert metrics.compute() == {"loss": 1.0}
+    assert metrics.kl_per_dim() is None and metrics.mu_variance() is None
 
 
 class _LabelledData(L.LightningDataModule):
@@ -246,8 +266,7 @@ def test_classifier_metrics_callback_logs_accuracies_with_a_cached_classifier(
     trainer = quiet_trainer(callbacks=[ClassifierMetrics()])
     logged = trainer.test(model, datamodule=dm, verbose=False)[0]
     with torch.no_grad():
-        mu, _ = model.encode(dm.x, dm.y)
-        recon = model.likelihood.mean(model.decode(mu, dm.y))
+        recon = model.reconstruct(dm.x, dm.y)
         expected = (net(recon).argmax(1) == dm.y).float().mean()
     assert logged["test/recon_acc"] == pytest.approx(float(expected))
     assert 0 <= logged["test/cond_acc"] <= 1

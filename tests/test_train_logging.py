@@ -17,15 +17,21 @@ TRAIN_KEYS = ("train/loss", "train/elbo", "train/recon", "train/kl", "train/kl_w
 
 
 class EveryStepVAE(VAE):
-    """The reference: logs every train scalar on every step (the straightforward way)."""
+    """The reference: logs every train scalar on every step, and lets Lightning average them
+    over the epoch (the straightforward way)."""
 
     def training_step(self, batch, batch_idx):
-        x, y = self._unpack(batch)
+        x, y = self.unpack(batch)
         terms = self.elbo(x, y)
         loss = terms["loss"].mean()
         self.log_dict({f"train/{k}": v.mean() for k, v in terms.items()}, prog_bar=False)
+        self.log_dict({f"train/{k}_epoch": v.mean() for k, v in terms.items()},
+                      on_step=False, on_epoch=True, batch_size=len(x))
         self.log("train/kl_weight", self.kl_weight)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        pass  # Lightning reduces the reference's epoch means
 
 
 def _fit(cls: type[VAE], root: Path, **trainer_kwargs) -> tuple[list[dict], dict]:
@@ -55,9 +61,14 @@ def test_logged_rows_match_logging_every_step(tmp_path, trainer_kwargs) -> None:
     ref_rows, ref_callback = _fit(EveryStepVAE, tmp_path / "ref", **trainer_kwargs)
     assert rows == ref_rows
     every = trainer_kwargs["log_every_n_steps"]
-    assert [int(r["step"]) for r in rows] == [
+    step_rows = [r for r in rows if r["train/loss"]]
+    assert [int(r["step"]) for r in step_rows] == [
         s for s in range(int(rows[-1]["step"]) + 1) if (s + 1) % every == 0
     ]
-    # after fit, callback_metrics hold the last step's values, as when logging every step
+    epoch_rows = [r for r in rows if r["train/loss_epoch"]]
+    assert len(epoch_rows) == int(rows[-1]["epoch"]) + 1
+    # after fit, callback_metrics hold the last step's values, as when logging every step,
+    # and the epoch means (torchmetrics here, Lightning's own reduction in the reference)
     assert set(TRAIN_KEYS) <= set(callback)
+    assert {f"{k}_epoch" for k in TRAIN_KEYS if k != "train/kl_weight"} <= set(callback)
     assert callback == pytest.approx(ref_callback)

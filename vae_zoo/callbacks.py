@@ -70,10 +70,7 @@ class ImageGridLogger(Callback):
         """Keep the first validation images seen, so every epoch shows the same ones."""
         if self._fixed is not None or batch_idx != 0 or dataloader_idx != 0:
             return
-        if isinstance(batch, (tuple, list)):
-            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
-        else:
-            x, y = batch, None
+        x, y = pl_module.unpack(batch)
         n = min(self.num_images, x.shape[0])
         self._fixed = (x[:n].detach().clone(), None if y is None else y[:n].detach().clone())
 
@@ -106,8 +103,7 @@ class ImageGridLogger(Callback):
         """Inputs (top row) and reconstructions E[x|z=mu] (bottom row) of the fixed images."""
         assert self._fixed is not None
         x, y = (t.to(model.device) if t is not None else None for t in self._fixed)
-        mu, _ = model.encode(x.to(model.dtype), y)  # bf16-true models hold bf16 weights
-        recon = model.likelihood.mean(model.decode(mu, y))
+        recon = model.reconstruct(x.to(model.dtype), y)  # bf16-true models hold bf16 weights
         pair = torch.cat([x.to(recon.dtype), recon]).float().cpu()
         return make_grid(pair, nrow=x.shape[0], pad_value=1.0)
 
@@ -117,7 +113,7 @@ class ImageGridLogger(Callback):
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            num_classes = getattr(model, "num_classes", None)
+            num_classes = model.num_classes
             if num_classes:
                 labels = torch.arange(num_classes, device=model.device)
                 labels = labels.repeat_interleave(self.samples_per_class)

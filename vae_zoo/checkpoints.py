@@ -1,8 +1,8 @@
 """Checkpoint files: written atomically, and checked for the model class that wrote them.
 
-Checkpoints written through the CLI store the model's ``_class_path`` in their
-hyper-parameters; loading one with another variant would otherwise fail deep inside
-jsonargparse or Lightning with an unrelated-looking message.
+Which model class wrote a checkpoint is the model layer's to say
+(:func:`vae_zoo.models.base.checkpoint_class`, the registry); this module reads metadata
+without building a model and writes files atomically.
 """
 
 import os
@@ -14,6 +14,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vae_zoo.errors import CheckpointMismatchError
+from vae_zoo.models.registry import variant_name
 
 
 def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
@@ -40,47 +41,8 @@ def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], int | None]:
 
 
 def variant_of(class_path: str) -> str:
-    """The registry name (``vae``, ``beta_vae``, ``cvae``) of a model class path, else its name."""
-    from vae_zoo.models import VARIANTS
-
-    for name, cls in VARIANTS.items():
-        if class_path in (f"{cls.__module__}.{cls.__name__}", f"vae_zoo.models.{cls.__name__}"):
-            return name
-    return class_path.rpartition(".")[2]
-
-
-def class_from_path(class_path: str) -> type | None:
-    """The class a dotted path names, or None when it cannot be imported."""
-    import importlib
-
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-def check_checkpoint_class(path: str | Path, expected: type) -> type | None:
-    """The class that wrote checkpoint ``path``; CheckpointMismatchError if not an ``expected``.
-
-    Returns ``expected`` or the subclass of it named in the checkpoint. Checkpoints without a
-    ``_class_path`` (written without the CLI), file objects and paths that are not local files
-    are left to Lightning (None).
-    """
-    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
-        return None
-    class_path = checkpoint_hparams(path).get("_class_path")
-    if not class_path:
-        return None
-    written_by = class_from_path(str(class_path))
-    if isinstance(written_by, type) and issubclass(written_by, expected):
-        return written_by
-    variant = variant_of(str(class_path))
-    raise CheckpointMismatchError(
-        f"{path} was written by {class_path} (variant '{variant}'), not by "
-        f"{expected.__name__}; load it with {class_path.rpartition('.')[2]}.load_from_checkpoint"
-        " or BaseVAE.load_from_checkpoint"
-    )
+    """The registry name (``vae``, ``beta_vae``, ``cvae``...) of a model class path."""
+    return variant_name(class_path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,17 +23,13 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vae_zoo.callbacks import ImageGridLogger, InterruptCheckpoint
-from vae_zoo.checkpoints import (
-    AtomicCheckpointIO,
-    class_from_path,
-    read_checkpoint_meta,
-    variant_of,
-)
+from vae_zoo.checkpoints import AtomicCheckpointIO, read_checkpoint_meta, variant_of
 from vae_zoo.cli import run_dir as rd
 from vae_zoo.cli.parser import VAEZooParser
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
 from vae_zoo.loggers import RunCSVLogger, prepare_wandb, previous_wandb_id
 from vae_zoo.models import BaseVAE
+from vae_zoo.models.registry import class_from_path
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: model arguments that say how to evaluate, not what was trained: the config decides them

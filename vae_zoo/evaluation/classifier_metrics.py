@@ -83,9 +83,7 @@ class ClassifierMetrics(Callback):
         if self._clf is None or not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         x, y = batch[0], batch[1]
-        mu, _ = pl_module.encode(x, y)
-        recon = pl_module.likelihood.mean(pl_module.decode(mu, y))
-        self._recon_acc.update((self._clf.predict(recon) == y).float())
+        self._recon_acc.update((self._clf.predict(pl_module.reconstruct(x, y)) == y).float())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log ``test/recon_acc`` (synchronised by torchmetrics) and ``test/cond_acc``."""
@@ -93,7 +91,7 @@ class ClassifierMetrics(Callback):
             return
         if self._recon_acc.update_count:
             pl_module.log("test/recon_acc", self._recon_acc.compute())
-        if getattr(pl_module, "num_classes", None):
+        if pl_module.num_classes:
             acc = conditional_accuracy(pl_module, self._clf, self.samples_per_class)
             pl_module.log("test/cond_acc", acc, sync_dist=True)
         self._recon_acc.reset()

@@ -44,8 +44,8 @@ from vae_zoo.evaluation.loading import (
     resolve_device,
     unique_labels,
 )
-from vae_zoo.evaluation.metrics import ACTIVE_UNIT_THRESHOLD
 from vae_zoo.evaluation.throughput import METRIC as THROUGHPUT_METRIC
+from vae_zoo.metrics import ACTIVE_UNIT_THRESHOLD
 
 PROG = "python -m vae_zoo compare"
 #: throughput columns other loggers use (Lightning's ThroughputMonitor)
@@ -59,6 +59,7 @@ SAMPLES_PER_ROW = 12
 MD_COLUMNS = (
     ("run", "run", "{}"),
     ("variant", "variant", "{}"),
+    ("objective", "objective", "{}"),
     ("dataset", "data set", "{}"),
     ("likelihood", "p(x|z)", "{}"),
     ("latent_dim", "D", "{}"),
@@ -75,6 +76,12 @@ MD_COLUMNS = (
     ("kl_dim_max", "max KL/dim", "{:.2f}"),
     ("recon_acc", "recon acc", "{:.3f}"),
     ("cond_acc", "cond acc", "{:.3f}"),
+    ("other_terms", "other terms", "{}"),
+)
+#: metrics with a column of their own; a variant's other terms share the last column
+STANDARD_METRICS = (
+    "nll", "bpd", "elbo", "recon", "kl", "loss", "mse", "kl_dim_max", "active_units",
+    "recon_acc", "cond_acc",
 )
 
 
@@ -321,6 +328,7 @@ def _row(run: LoadedRun, ts: TestSet, ev: Evaluation, args: argparse.Namespace) 
     model = run.model
     rate, source = training_throughput(run)
     m = ev.metrics
+    others = {k: v for k, v in m.items() if k not in STANDARD_METRICS}
     return {
         "run": run.name,
         "variant": run.variant,
@@ -336,10 +344,11 @@ def _row(run: LoadedRun, ts: TestSet, ev: Evaluation, args: argparse.Namespace) 
         "images_per_sec_source": source,
         "k": args.k,
         "n_test": ev.num_examples,
-        **{name: m.get(name) for name in (
-            "nll", "bpd", "elbo", "recon", "kl", "loss", "mse", "kl_dim_max", "active_units",
-            "recon_acc", "cond_acc",
-        )},
+        "objective": model.objective,
+        "nll_is_bound": model.likelihood_is_bound,
+        **{name: m.get(name) for name in STANDARD_METRICS},
+        "other_terms": ", ".join(f"{k} {_fmt(v, '{:.4g}')}" for k, v in others.items()) or None,
+        **others,
         "checkpoint": str(run.ckpt_path),
     }
 
@@ -384,7 +393,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "|" + "|".join("---" if i < 4 else "--:" for i in range(len(MD_COLUMNS))) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c), f) for c, _, f in MD_COLUMNS) + " |")
+        cells = [_fmt(row.get(c), f) for c, _, f in MD_COLUMNS]
+        if row.get("nll_is_bound") and row.get("nll") is not None:
+            cells[[c for c, _, _ in MD_COLUMNS].index("nll")] += " (bound)"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -405,7 +417,10 @@ def markdown(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
         "nats per image; MSE = mean squared error per pixel of E[x|z=mu] on [0,1] pixels "
         "(comparable across likelihoods, unlike NLL); active = units with "
         f"Cov_x(E_q[z_u]) > {s['active_threshold']} (Burda et al. 2015); max KL/dim = the "
-        "largest mean KL of one latent unit; recon acc = classifier accuracy on "
+        "largest mean KL of one latent unit (absent where the KL does not factorise over "
+        "units); objective = what the variant minimises (an ELBO unless it says otherwise); "
+        "(bound) marks an NLL that is a bound, not an importance-sampled estimate; "
+        "other terms = the variant's own terms; recon acc = classifier accuracy on "
         "reconstructions; cond acc = fraction of CVAE samples of class c classified as c; "
         "train img/s: " + _throughput_note(rows) + ".",
         "",
@@ -425,8 +440,10 @@ def _throughput_note(rows: list[dict[str, Any]]) -> str:
 
 
 def _write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    # variants add columns of their own terms: the header is the union, in first-seen order
+    columns = list(dict.fromkeys(c for row in rows for c in row))
     with (out / "comparison.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -457,12 +474,12 @@ def _figures(
     for run in runs:
         ts = test_sets[_data_key(run, args)]
         L.seed_everything(args.seed, verbose=False)
-        if run.variant == "beta_vae":
+        if run.model.show_traversals and evaluations[run.name].kl_per_dim is not None:
             panels.append(figures.traversal_panel(
                 run.name, run.model, ts.x[:1], None if ts.y is None else ts.y[:1],
                 evaluations[run.name].kl_per_dim,
             ))
-        if getattr(run.model, "num_classes", None):
+        if run.model.num_classes:
             panels.append(figures.class_grid_panel(run.name, run.model, ts.class_names))
         if run.model.latent_dim == 2:
             panels.append(figures.manifold_panel(run.name, run.model))

@@ -1,9 +1,9 @@
 """One model's test metrics over a set of images, outside a Trainer (used by ``compare``).
 
-It accumulates the same :class:`~vae_zoo.evaluation.metrics.VAEMetrics` that ``test_step``
-logs, so ``compare`` and ``python -m vae_zoo test`` report the same numbers, plus the
-classifier metrics (``recon_acc``, ``cond_acc``) that need a classifier the Trainer does not
-have.
+Each batch goes through the model's own ``evaluate_batch`` into the same
+:class:`~vae_zoo.metrics.SplitMetrics` that ``test_step`` logs, so ``compare`` and
+``python -m vae_zoo test`` report the same numbers, plus the classifier metrics
+(``recon_acc``, ``cond_acc``) that need a classifier the Trainer does not have.
 """
 
 from collections.abc import Iterable
@@ -15,17 +15,21 @@ from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
 from vae_zoo.evaluation.classifier import TrainedClassifier
-from vae_zoo.evaluation.metrics import ACTIVE_UNIT_THRESHOLD, VAEMetrics
+from vae_zoo.metrics import ACTIVE_UNIT_THRESHOLD, SplitMetrics
 from vae_zoo.models import BaseVAE
 
 
 @dataclass
 class Evaluation:
-    """Scalar metrics (``nll``, ``mse``, ``active_units``, ...) and per-unit vectors."""
+    """Scalar metrics (``nll``, ``mse``, ``active_units``, ...) and per-unit vectors.
+
+    ``kl_per_dim`` is None when the KL does not factorise over latent dimensions,
+    ``mu_variance`` when the latent is not continuous.
+    """
 
     metrics: dict[str, float]
-    kl_per_dim: list[float]
-    mu_variance: list[float]
+    kl_per_dim: list[float] | None
+    mu_variance: list[float] | None
     num_examples: int
     notes: list[str] = field(default_factory=list)
 
@@ -55,7 +59,7 @@ def evaluate(
     """
     model.eval()
     device = model.device
-    metrics = VAEMetrics("test", model, active_threshold=active_threshold).to(device)
+    metrics = SplitMetrics(active_threshold=active_threshold).to(device)
     recon_acc = MeanMetric().to(device)
     steps = tqdm(
         batches(x, y, batch_size),
@@ -67,19 +71,17 @@ def evaluate(
     for xb, yb in steps:
         xb = xb.to(device)
         yb = None if yb is None else yb.to(device)
-        out = model(xb, yb)
-        nll = -model.log_likelihood(xb, yb, k=k)
-        recon = model.likelihood.mean(model.decode(out.mu, yb))
-        metrics.update(xb, yb, out, model.terms(out), nll, reconstruction=recon)
+        ev = model.evaluate_batch(xb, yb, k)
+        model.update_metrics(metrics, ev)
         if classifier is not None and yb is not None:
-            recon_acc.update((classifier.predict(recon) == yb).float())
+            recon_acc.update((classifier.predict(ev.reconstruction) == yb).float())
     result = Evaluation(metrics.compute(), metrics.kl_per_dim(), metrics.mu_variance(), len(x))
     if classifier is not None:
         if y is not None:
             result.metrics["recon_acc"] = float(recon_acc.compute())
         else:
             result.notes.append("recon_acc needs labels; this test set has none")
-        if getattr(model, "num_classes", None):
+        if model.num_classes:
             result.metrics["cond_acc"] = conditional_accuracy(model, classifier, samples_per_class)
     return result
 

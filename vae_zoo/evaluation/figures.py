@@ -51,11 +51,9 @@ def _mean_images(model: BaseVAE, z: Tensor, labels: Tensor | None) -> Tensor:
 
 
 def _prior_z(model: BaseVAE, eps: Tensor, labels: Tensor | None) -> Tensor:
-    """Map standard-normal draws ``eps`` through p(z|c) (a no-op for the standard prior)."""
-    if labels is None:
-        return eps
-    prior_mu, prior_logvar = model.prior(model.condition(labels))
-    return eps if prior_mu is None else prior_mu + torch.exp(0.5 * prior_logvar) * eps
+    """Map standard-normal draws ``eps`` through a Gaussian p(z|c); other priors take eps as z."""
+    from_noise = getattr(model.prior(labels), "from_noise", None)
+    return eps if from_noise is None else from_noise(eps)
 
 
 @torch.no_grad()
@@ -63,8 +61,7 @@ def reconstructions(model: BaseVAE, x: Tensor, y: Tensor | None) -> Tensor:
     """Mean reconstructions E[x | z = mu] of ``x`` (on the model's device, returned on CPU)."""
     x = x.to(model.device)
     y = None if y is None else y.to(model.device)
-    mu, _ = model.encode(x, y)
-    return _mean_images(model, mu, y).cpu()
+    return model.reconstruct(x, y).cpu()
 
 
 def reconstruction_panel(
@@ -100,7 +97,7 @@ def traversal_panel(
     order = sorted(range(len(kl_per_dim)), key=lambda d: -kl_per_dim[d])[:max_dims]
     x0 = x0[:1].to(model.device)
     y0 = None if y0 is None else y0[:1].to(model.device)
-    mu, _ = model.encode(x0, y0)
+    mu = model.posterior(x0, y0).mean
     values = torch.linspace(-span, span, steps, device=model.device)
     rows = []
     for d in order:
@@ -138,7 +135,7 @@ def manifold_panel(name: str, model: BaseVAE, n: int = 15) -> Panel:
     eps = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).to(model.device)
     labels = None
     note = ""
-    if getattr(model, "num_classes", None):
+    if model.num_classes:
         labels = torch.zeros(len(eps), dtype=torch.long, device=model.device)
         note = " (class 0)"
     images = _mean_images(model, _prior_z(model, eps, labels), labels).cpu()

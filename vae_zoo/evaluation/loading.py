@@ -2,13 +2,12 @@
 
 A run folder holds ``checkpoints/best.ckpt`` / ``checkpoints/last.ckpt`` (or any ``*.ckpt``),
 ``config.yaml`` (the resolved CLI config, whose ``data`` section names the data set) and
-``metrics.csv``. The model class comes from the ``_class_path`` LightningCLI stores in the
-checkpoint's hyper-parameters; checkpoints written without the CLI fall back to guessing the
-variant from the hyper-parameter names.
+``metrics.csv``. The model class comes from the record the model writes into every
+checkpoint (see :func:`vae_zoo.models.base.class_of_checkpoint`); the variant's name from the
+registry.
 """
 
 import csv
-import importlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ import yaml
 
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
 from vae_zoo.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
-from vae_zoo.models import VARIANTS, BaseVAE, BetaVAE, ConditionalVAE
+from vae_zoo.models import BaseVAE, variant_name
+from vae_zoo.models.base import class_of_checkpoint
 
 CHECKPOINT_NAMES = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
 
@@ -83,37 +83,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_class(hparams: dict[str, Any]) -> type[BaseVAE]:
-    """The BaseVAE subclass a checkpoint's hyper-parameters describe."""
-    class_path = hparams.get("_class_path")
-    if class_path:
-        module_name, _, name = str(class_path).rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError):
-            raise CheckpointMismatchError(
-                f"the checkpoint's model class {class_path!r} cannot be imported"
-            ) from None
-        if not (isinstance(cls, type) and issubclass(cls, BaseVAE)):
-            raise CheckpointMismatchError(f"{class_path!r} is not a vae_zoo model (BaseVAE)")
-        return cls
-    # checkpoints written without LightningCLI: the variant-specific arguments tell them apart
-    if "num_classes" in hparams or "prior" in hparams:
-        return ConditionalVAE
-    if "beta" in hparams or "gamma" in hparams:
-        return BetaVAE
-    return VARIANTS["vae"]
-
-
-def variant_name(model: BaseVAE) -> str:
-    """The registry name (``vae``, ``beta_vae``, ``cvae``) of a model, or its class name."""
-    for name, cls in VARIANTS.items():
-        if type(model) is cls:
-            return name
-    for name, cls in VARIANTS.items():
-        if isinstance(model, cls):
-            return name
-    return type(model).__name__
+def model_class(ckpt: dict[str, Any], path: Path) -> type[BaseVAE]:
+    """The BaseVAE subclass that wrote a loaded checkpoint (as the checkpoint records it)."""
+    cls = class_of_checkpoint(ckpt, path)
+    if cls is None:
+        raise CheckpointMismatchError(
+            f"{path} does not say which variant wrote it (saved outside `python -m vae_zoo fit` "
+            "by an older vae_zoo); load it in Python with <Variant>.load_from_checkpoint"
+        )
+    return cls
 
 
 def likelihood_name(model: BaseVAE) -> str:
@@ -188,7 +166,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
     """Load the model of a run folder or checkpoint, in eval mode on ``map_location``."""
     ckpt_path, run_dir = resolve_checkpoint(path)
     ckpt = read_checkpoint(ckpt_path)
-    cls = model_class(ckpt["hyper_parameters"])
+    cls = model_class(ckpt, ckpt_path)
     try:
         # Checkpoints written without the CLI hold pickled network classes in their
         # hyper-parameters, which weights_only=True refuses; read_checkpoint has already

@@ -84,7 +84,7 @@ def sample_grid(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--out {out}: give a .png file name")
     run = load_run(args.checkpoint, map_location=resolve_device(args.device))
     model = run.model
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = model.num_classes
     L.seed_everything(args.seed, verbose=False)
     if num_classes:
         classes = (

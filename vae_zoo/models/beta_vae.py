@@ -3,9 +3,11 @@
 from torch import Tensor
 
 from vae_zoo.errors import ConfigError
-from vae_zoo.models.base import BaseVAE
+from vae_zoo.models.base import BaseVAE, ForwardPass
+from vae_zoo.models.registry import register_model
 
 
+@register_model("beta_vae")
 class BetaVAE(BaseVAE):
     """beta-VAE.
 
@@ -15,6 +17,8 @@ class BetaVAE(BaseVAE):
     ``capacity_max`` nats over ``capacity_steps`` optimizer steps. As in the paper, KL there is
     the batch mean, so every example of a batch carries the same capacity penalty.
     """
+
+    show_traversals = True
 
     def __init__(
         self,
@@ -41,12 +45,22 @@ class BetaVAE(BaseVAE):
         self.capacity_steps = capacity_steps
 
     @property
+    def objective(self) -> str:  # type: ignore[override]
+        """What is minimised, for tables: the beta-weighted ELBO or the capacity form."""
+        if self.gamma is None:
+            return f"-(recon - {self.beta:g}*KL)"
+        return f"-(recon - {self.gamma:g}*|KL - C|), C to {self.capacity_max:g}"
+
+    @property
     def capacity(self) -> float:
         """C(t): the KL target in nats at this optimizer step."""
         return self.capacity_max * min(1.0, self.global_step / self.capacity_steps)
 
-    def loss(self, recon: Tensor, kl: Tensor) -> Tensor:
+    def loss(self, out: ForwardPass, x: Tensor) -> dict[str, Tensor]:
         """-(recon - beta * w * kl), or -(recon - gamma * |mean KL - C(t)|) with a capacity."""
+        terms = self.elbo_terms(out)
         if self.gamma is None:
-            return -(recon - self.beta * self.kl_weight * kl)
-        return -(recon - self.gamma * (kl.mean() - self.capacity).abs())
+            loss = -(out.recon - self.beta * self.kl_weight * out.kl)
+        else:
+            loss = -(out.recon - self.gamma * (out.kl.mean() - self.capacity).abs())
+        return {"loss": loss, **terms}

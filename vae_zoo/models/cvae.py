@@ -5,11 +5,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
+from vae_zoo.distributions import DiagNormal
 from vae_zoo.errors import ConfigError
 from vae_zoo.models.base import BaseVAE
+from vae_zoo.models.registry import register_model
 
 
+@register_model("cvae")
 class ConditionalVAE(BaseVAE):
     """Conditional VAE; labels are turned into one-hot conditions fed to encoder and decoder.
 
@@ -75,12 +79,12 @@ class ConditionalVAE(BaseVAE):
             )
         return F.one_hot(y.long(), self._num_classes).to(self.dtype)
 
-    def prior(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        """Standard normal, or the learned class-conditional Gaussian of the one-hot c."""
+    def prior(self, c: Tensor | None = None) -> Distribution:
+        """Standard normal, or the learned class-conditional Gaussian of the labels c."""
         if self.prior_kind == "standard":
-            return None, None
-        mu, logvar = self.prior_net(c).chunk(2, dim=1)
-        return mu, logvar.clamp(self.hparams.logvar_min, self.hparams.logvar_max)
+            return super().prior(c)
+        mu, logvar = self.prior_net(self.condition(c)).chunk(2, dim=1)
+        return DiagNormal(mu, logvar.clamp(self.hparams.logvar_min, self.hparams.logvar_max))
 
     def labels_for(self, n: int, c: Tensor | int | None) -> Tensor:
         """n labels: ``None`` cycles 0..K-1, an int repeats one class, a tensor is used as is."""
@@ -91,6 +95,10 @@ class ConditionalVAE(BaseVAE):
         if len(c) != n:
             raise ConfigError(f"sample(n={n}) got {len(c)} conditions; give one per sample")
         return c.to(self.device)
+
+    def sample_latent(self, n: int, c: Tensor | int | None = None) -> Tensor:
+        """n draws z ~ p(z|c) of the asked classes (labels, one int, or None: 0..K-1 cycled)."""
+        return super().sample_latent(n, self.labels_for(n, c))
 
     @torch.no_grad()
     def sample(self, n: int, c: Tensor | int | None = None, mean: bool = True) -> Tensor:

@@ -1,7 +1,9 @@
-"""The vanilla VAE (Kingma & Welling 2014): loss = -(recon - kl)."""
+"""The vanilla VAE (Kingma & Welling 2014): loss = -(recon - w * kl), w the KL-schedule weight."""
 
 from vae_zoo.models.base import BaseVAE
+from vae_zoo.models.registry import register_model
 
 
+@register_model("vae")
 class VAE(BaseVAE):
     """Variational autoencoder with the plain ELBO objective; all machinery lives in BaseVAE."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vae_zoo.gaussian import diag_normal_log_prob, gaussian_kl
+from vae_zoo.distributions import diag_normal_log_prob, gaussian_kl
 
 
 def _random_posterior(b: int = 16, d: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
