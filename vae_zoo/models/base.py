@@ -442,8 +442,7 @@ class BaseVAE(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         """Log the epoch means of the training terms (``train/<name>_epoch``)."""
         means = self.train_terms.compute() if self.train_terms.update_count else {}
-        if means:
-            self.log_dict({f"train/{k}_epoch": v for k, v in means.items()}, sync_dist=False)
+        self._log_reduced({f"train/{k}_epoch": v for k, v in means.items()})
         self.train_terms.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -467,9 +466,16 @@ class BaseVAE(L.LightningModule):
     def _log_split(self, stage: str, metrics: SplitMetrics) -> None:
         values = metrics.compute()
         metrics.reset()
+        self._log_reduced({f"{stage}/{k}": v for k, v in values.items()})
+
+    def _log_reduced(self, values: dict[str, Any]) -> None:
+        """Log epoch values that torchmetrics has already reduced over batches and ranks.
+
+        Every rank holds the same numbers, so Lightning's cross-rank max returns them unchanged
+        (a mean could round them); asking for it tells Lightning they are global values.
+        """
         if values:
-            # already reduced over ranks by torchmetrics: every rank logs the same numbers
-            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+            self.log_dict(values, sync_dist=True, reduce_fx="max")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Posterior means (and log-variances) and reconstructions E[x | z = mean] of a batch."""
