@@ -46,12 +46,13 @@ def listing() -> str:
     lines += ["pieces (add with another --config NAME; later ones override earlier ones):"]
     lines += [*rows(pieces), "", f"sweeps ({PROG} sweep NAME):", *rows(sweeps), ""]
     notes = (
-        f"Shipped in {root.parent}. A name is looked up in ./configs (./sweeps) first: "
+        "A name is looked up in ./configs (./sweeps) first: "
         f"`{PROG} init DIR` copies these files there to edit; --config also takes any YAML "
         f"file. Show one with `{PROG} configs NAME`, the resolved settings with "
         f"`{PROG} fit --config NAME --print_config`."
     )
-    return "\n".join([*lines, *textwrap.wrap(notes, WIDTH, break_on_hyphens=False)])
+    notes_lines = textwrap.wrap(notes, WIDTH, break_on_hyphens=False)
+    return "\n".join([*lines, f"shipped in {root.parent}", *notes_lines])
 
 
 def list_main(argv: list[str] | None = None) -> int:
