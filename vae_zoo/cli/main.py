@@ -112,7 +112,8 @@ def _training_help(command: str, rest: list[str]) -> int:
 
     at = next(i for i, a in enumerate(rest) if a in ("-h", "--help"))
     if rest[at + 1 : at + 2] == [FULL]:
-        return _guarded(lambda: _train(command, ["--help"]))
+        # the --config files before it still set the defaults that the full help shows
+        return _guarded(lambda: _train(command, [*rest[:at], "--help", *rest[at + 2 :]]))
     print(training_help(command))
     return 0
 
