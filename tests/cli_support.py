@@ -1,5 +1,8 @@
 """Helpers of the CLI tests: tiny IDX data sets, in-process runs, an interrupting callback."""
 
+import contextlib
+import functools
+import io
 import os
 import signal
 from pathlib import Path
@@ -7,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 from vae_zoo.cli import main
@@ -100,6 +104,23 @@ def config(*parts: str) -> str:
 def run(*args: str) -> int:
     """``python -m vae_zoo <args>`` in this process."""
     return main(list(args))
+
+
+def resolved(*args: str) -> dict:
+    """What ``fit <args> --print_config`` prints, as a dictionary (a fresh one at every call).
+
+    Cached: only for arguments whose meaning does not depend on the working directory (absolute
+    paths, shipped config names where no ./configs exists).
+    """
+    return yaml.safe_load(_printed_config(*args))
+
+
+@functools.cache
+def _printed_config(*args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run("fit", *args, "--print_config") == 0
+    return out.getvalue()
 
 
 class StopAt(Callback):

@@ -2,20 +2,26 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import types
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
 from cli_support import ROOT, TINY, config, enter_workdir, run
 
+import vae_zoo
 from vae_zoo.cli import main as cli_main
 from vae_zoo.cli.main import COMMANDS
 from vae_zoo.cli.parser import condense
 
-ALL_COMMANDS = ("fit", "validate", "test", "predict", "data", "compare", "sweep", "sample")
+ALL_COMMANDS = (
+    "fit", "validate", "test", "predict", "data", "compare", "sweep", "sample", "classifier",
+    "configs", "init",
+)
 
 @pytest.fixture
 def workdir(
@@ -135,12 +141,67 @@ def test_unknown_key_in_a_yaml_file_is_named(tmp_path: Path, capsys: pytest.Capt
 def test_missing_config_file(capsys: pytest.CaptureFixture) -> None:
     assert run("fit", "--config", "no/such/file.yaml") == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "file.yaml" in err and "does not exist" in err
+    assert "error: config 'no/such/file.yaml' not found: no file no/such/file.yaml" in err
 
 
 def test_no_model_says_which_config_to_give(capsys: pytest.CaptureFixture) -> None:
     assert run("fit") == 2
-    assert "--config configs/mnist/vae.yaml" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--config mnist/vae" in err and "python -m vae_zoo configs" in err
+
+
+# ----------------------------------------------------------------------------- help, version
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_training_help_is_short_and_names_the_common_options(
+    command: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert run(command, "--help") == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 60 and max(map(len, out.splitlines())) <= 100
+    for option in ("--config", "--model ", "--model.init_args.", "--model.help", "--data.dataset",
+                   "--trainer.max_epochs", "--trainer.devices", "logger/wandb", "--ckpt_path",
+                   f"{command} --help full", "--config model/beta_vae"):
+        assert option in out, option
+
+
+def test_every_option_of_the_short_help_exists(capsys: pytest.CaptureFixture) -> None:
+    assert run("fit", "--help") == 0
+    short = capsys.readouterr().out
+    assert run("fit", "--help", "full") == 0  # LightningCLI's own help
+    full = capsys.readouterr().out
+    assert len(full.splitlines()) > 300
+    flags = set(re.findall(r"(?<![\w.-])--[a-z_]+(?:\.[a-z_]+)*", short)) - {"--help"}
+    nested = {f for f in flags if f.startswith(("--model.init_args", "--model.help"))}
+    for flag in sorted(flags - nested):
+        assert re.search(re.escape(flag) + r"[\s=]", full), f"{flag} is not an option of fit"
+    # the model's own options live behind --model.help and --model.init_args.*
+    assert run("fit", "--model.help", "BetaVAE") == 0
+    assert "--model.beta BETA" in capsys.readouterr().out
+    cfg = printed_config(capsys, "--config", "mnist/vae", "--model.init_args.latent_dim=16")
+    assert cfg["model"]["init_args"]["latent_dim"] == 16
+
+
+def test_version_names_the_libraries(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["--version"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:4]] == ["vae_zoo", "torch", "lightning", "wandb"]
+    assert lines[0] == f"vae_zoo {vae_zoo.__version__}"
+    assert lines[1] == f"torch {metadata.version('torch')}"
+
+
+def test_classifier_command_trains_through_the_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from vae_zoo.evaluation import classifier
+
+    calls = []
+    fake = types.SimpleNamespace(path=Path("clf.pt"), test_accuracy=0.5)
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(a) or fake)
+    assert cli_main(["classifier", "--dataset", "fashion_mnist", "--force"]) == 0
+    assert calls and calls[0][0] == "fashion_mnist"
+    assert "clf.pt: test accuracy 0.5000" in capsys.readouterr().out
+    assert cli_main(["classifier", "--help"]) == 0
+    assert "usage: python -m vae_zoo classifier" in capsys.readouterr().out
 
 
 def test_negative_beta_is_one_error_line(capsys: pytest.CaptureFixture) -> None:

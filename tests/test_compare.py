@@ -232,7 +232,8 @@ def test_load_run_finds_checkpoint_config_and_metrics(env: Env) -> None:
 
 def test_classifier_round_trip_and_cached_mode(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VAE_ZOO_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ClassifierUnavailableError, match="vae_zoo.evaluation.classifier"):
+    hint = "python -m vae_zoo classifier --dataset mnist"  # the command that trains one
+    with pytest.raises(ClassifierUnavailableError, match=hint):
         get_classifier("mnist", tmp_path, mode="cached")
     net = SmallCNN().eval()
     path = save_classifier(TrainedClassifier(net, "mnist", 0.875), tmp_path / "classifiers" /

@@ -1,11 +1,12 @@
-"""Every shipped config file: experiments train (tiny budget), trainer/logger pieces compose."""
+"""Every shipped config file: experiments train (tiny budget), pieces compose, and the composed
+experiments resolve to the same settings as the flat files they replaced."""
 
 import os
 from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import CONFIGS, TINY, config, enter_workdir, run
+from cli_support import CONFIGS, ROOT, TINY, config, enter_workdir, resolved, run
 from PIL import Image
 
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
@@ -15,6 +16,11 @@ RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
 # logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
 TESTED_ELSEWHERE = [("logger", "wandb")]
+# the pieces the experiments list: they run in every experiment, and alone below
+COMPOSED_PIECES = [("base",), ("data", "mnist"), ("data", "fashion_mnist")] + [
+    ("model", v) for v in ("vae", "beta_vae", "cvae")
+]
+FLAT_V0 = ROOT / "tests" / "fixtures" / "configs_v0"
 
 @pytest.fixture
 def workdir(
@@ -27,8 +33,38 @@ def workdir(
 
 def test_every_config_file_is_tested_here() -> None:
     shipped = {p.relative_to(CONFIGS).with_suffix("").parts for p in CONFIGS.rglob("*.yaml")}
-    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE)
+    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE + COMPOSED_PIECES)
     assert shipped == tested
+
+
+@pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
+def test_composed_experiment_resolves_like_before(dataset: str, variant: str) -> None:
+    # the experiment by name (base + data + model pieces) against the flat file it replaced
+    before = resolved("--config", str(FLAT_V0 / dataset / f"{variant}.yaml"))
+    assert resolved("--config", f"{dataset}/{variant}") == before
+
+
+@pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
+def test_experiment_is_a_short_list_of_pieces(dataset: str, variant: str) -> None:
+    pieces = yaml.safe_load(Path(config(dataset, variant)).read_text())
+    assert pieces == ["../base.yaml", f"../data/{dataset}.yaml", f"../model/{variant}.yaml"]
+
+
+def test_a_model_piece_switches_the_variant_and_keeps_the_rest() -> None:
+    switched = resolved("--config", "mnist/vae", "--config", "model/beta_vae")
+    assert switched == resolved("--config", "mnist/beta_vae")
+    back = resolved("--config", "mnist/beta_vae", "--config", "model/vae")
+    assert back == resolved("--config", "mnist/vae")  # beta and gamma dropped with the class
+
+
+def test_a_data_piece_switches_the_data_set() -> None:
+    switched = resolved("--config", "mnist/cvae", "--config", "data/fashion_mnist")
+    assert switched == resolved("--config", "fashion_mnist/cvae")
+
+
+def test_base_alone_is_the_mnist_vae() -> None:
+    # the data module's defaults are MNIST with dynamic binarization
+    assert resolved("--config", "base") == resolved("--config", "mnist/vae")
 
 
 @pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
@@ -47,7 +83,7 @@ def test_experiment_trains(workdir: Path, dataset: str, variant: str) -> None:
 
 @pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
 def test_experiment_settings(dataset: str, variant: str) -> None:
-    cfg = yaml.safe_load(Path(config(dataset, variant)).read_text())
+    cfg = resolved("--config", f"{dataset}/{variant}")
     init = cfg["model"]["init_args"]
     assert cfg["data"]["dataset"] == dataset
     assert init["latent_dim"] == 32 and cfg["data"]["batch_size"] == 128 and init["lr"] == 1e-3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from vae_zoo.shipped import locate
 from vae_zoo.sweep import cli as sweep_cli
 from vae_zoo.sweep.check import check_cli_accepts, fit_args, print_config_argv
 from vae_zoo.sweep.command import expand_command, sweep_command_args, use_interpreter
@@ -72,18 +73,19 @@ def test_sweep_file_is_valid_and_runs_fit_with_wandb(path):
     assert fit_index(argv) is not None, "the command runs `python -m vae_zoo fit`"
     assert "${args}" in argv
     configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
-    assert "configs/logger/wandb.yaml" in configs, "online runs must log to W&B"
-    for config in configs:
-        assert (ROOT / config).is_file(), f"{path.name} names a missing config {config}"
+    # config names, so that the file runs from any folder (they resolve to the shipped files)
+    files = [locate(config, "configs") for config in configs]
+    assert all(not config.endswith(".yaml") for config in configs), configs
+    assert ROOT / "configs" / "logger" / "wandb.yaml" in files, "online runs must log to W&B"
     for name in spec.parameter_names:
         assert name.split(".")[0] in ("model", "data", "trainer"), name
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_sweep_parameters_are_accepted_by_the_cli(path, monkeypatch, capsys):
+def test_sweep_parameters_are_accepted_by_the_cli(path, monkeypatch, capsys, tmp_path):
     from vae_zoo.cli import main as vae_zoo_main
 
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)  # any folder: the sweep names its configs by name
     spec = load_spec(path)
     argv = print_config_argv(spec)
     assert argv is not None and argv[-1] == "--print_config"
@@ -105,6 +107,14 @@ def test_cli_rejects_a_misspelt_parameter(monkeypatch, capsys):
     )
     assert code != 0
     assert "betta" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shipped_sweep_is_checked_from_any_folder(tmp_path, monkeypatch):
+    # the check runs the sweep's own command (`python -m vae_zoo fit ... --print_config`)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's vae_zoo in the subprocess
+    assert check_cli_accepts(load_spec(locate("cvae_mnist_random", "sweeps")))
 
 
 def test_check_cli_accepts_names_the_rejected_parameter(tmp_path, monkeypatch):

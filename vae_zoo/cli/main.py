@@ -1,7 +1,8 @@
 """``python -m vae_zoo <command>``: one entry point for training, data, comparison and sweeps.
 
 The training commands (fit, validate, test, predict) are :class:`VAEZooCLI`; the others are
-``main(argv) -> int`` functions of their own modules, imported only when asked for.
+``main(argv) -> int`` functions (or ``module:function``) of their own modules, imported only
+when asked for.
 Errors vae_zoo raises on purpose print as ``error: <message>`` with exit status 2;
 ``VAE_ZOO_DEBUG=1`` shows the traceback instead.
 """
@@ -9,17 +10,20 @@ Errors vae_zoo raises on purpose print as ``error: <message>`` with exit status 
 import difflib
 import importlib
 import os
+import platform
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from vae_zoo import __version__
 
 PROG = "python -m vae_zoo"
 
-#: command -> (module with ``main(argv) -> int``, or None for the LightningCLI commands; help)
+#: command -> (module with ``main(argv) -> int`` or ``module:function``, or None for the
+#: LightningCLI commands; help)
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "fit": (None, "train a model: fit --config configs/mnist/vae.yaml"),
+    "fit": (None, "train a model: fit --config mnist/vae"),
     "validate": (None, "evaluate a checkpoint on the validation split"),
     "test": (None, "evaluate a checkpoint on the test split (test/elbo, test/nll, test/bpd)"),
     "predict": (None, "encode and reconstruct with a checkpoint; writes predictions.pt"),
@@ -27,7 +31,15 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "compare": ("vae_zoo.evaluation.compare", "evaluate runs on the same test images side by side"),
     "sample": ("vae_zoo.evaluation.sample", "save a grid of a checkpoint's prior samples as PNG"),
     "sweep": ("vae_zoo.sweep.cli", "run a W&B sweep file offline (grid/random/bayes), rank runs"),
+    "classifier": (
+        "vae_zoo.evaluation.classifier",
+        "train and cache the CNN classifier behind compare's cond_acc/recon_acc",
+    ),
+    "configs": ("vae_zoo.cli.configs:list_main", "list the shipped configs and sweeps or show one"),
+    "init": ("vae_zoo.cli.configs:init_main", "copy the shipped configs and sweeps to DIR to edit"),
 }
+#: the distributions whose versions ``--version`` prints (bug reports need them)
+VERSIONED = ("torch", "lightning", "wandb", "jsonargparse")
 
 
 def help_text() -> str:
@@ -41,9 +53,22 @@ def help_text() -> str:
         "commands:",
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),
         "",
-        f"Run `{PROG} <command> --help` for the options of one command.",
-        f"Quick start: {PROG} fit --config configs/mnist/vae.yaml",
+        f"Run `{PROG} <command> --help` for the options of one command, "
+        f"`{PROG} --version` for the versions in use.",
+        f"Quick start: {PROG} fit --config mnist/vae",
     ]
+    return "\n".join(lines)
+
+
+def version_text() -> str:
+    """vae_zoo's version and those of the libraries it runs on, one per line."""
+    lines = [f"vae_zoo {__version__}"]
+    for name in VERSIONED:
+        try:
+            lines.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    lines.append(f"python {platform.python_version()} ({platform.system()} {platform.machine()})")
     return "\n".join(lines)
 
 
@@ -53,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(help_text())
         return 0 if argv else 2
-    if argv[0] == "--version":
-        print(f"vae_zoo {__version__}")
+    if argv[0] in ("-V", "--version"):
+        print(version_text())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
@@ -65,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = COMMANDS[command][0]
     if module is None:
+        if any(a in ("-h", "--help") for a in rest):
+            return _training_help(command, rest)
         return _guarded(lambda: _train(command, rest))
     target = _load_command(command, module)
     if target is None:
@@ -76,6 +103,18 @@ def _train(command: str, rest: list[str]) -> int:
     from vae_zoo.cli.lightning_cli import VAEZooCLI
 
     VAEZooCLI(args=[command, *with_run_config(rest)])
+    return 0
+
+
+def _training_help(command: str, rest: list[str]) -> int:
+    """The short help; ``--help full`` gives LightningCLI's own (every option)."""
+    from vae_zoo.cli.training_help import FULL, training_help
+
+    at = next(i for i, a in enumerate(rest) if a in ("-h", "--help"))
+    if rest[at + 1 : at + 2] == [FULL]:
+        # the --config files before it still set the defaults that the full help shows
+        return _guarded(lambda: _train(command, [*rest[:at], "--help", *rest[at + 2 :]]))
+    print(training_help(command))
     return 0
 
 
@@ -102,9 +141,10 @@ def with_run_config(args: list[str]) -> list[str]:
     return ["--config", str(config), *args]
 
 
-def _load_command(command: str, module: str) -> Callable[[list[str]], int] | None:
+def _load_command(command: str, target_path: str) -> Callable[[list[str]], int] | None:
+    module, _, function = target_path.partition(":")
     try:
-        target = importlib.import_module(module).main
+        target = getattr(importlib.import_module(module), function or "main")
     except ModuleNotFoundError as err:
         if err.name and module.startswith(err.name):
             print(f"error: the '{command}' command is not available in this installation "
@@ -112,7 +152,8 @@ def _load_command(command: str, module: str) -> Callable[[list[str]], int] | Non
             return None
         raise
     except AttributeError:
-        print(f"error: the '{command}' command is not available ({module} has no main())",
+        print(f"error: the '{command}' command is not available ({module} has no "
+              f"{function or 'main'}())",
               file=sys.stderr)
         return None
     return target

@@ -8,9 +8,11 @@ a usage text of 150 lines; :func:`condense` keeps the lines that name the key an
 import os
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
+
+from vae_zoo.cli.config_args import expand_config_args
 
 _UNION = "Does not validate against any of the Union subtypes"
 _NOISE = (
@@ -27,8 +29,8 @@ def condense(message: str) -> str:
     required = re.match(r"the following arguments are required: (?:\w+\.)?model\b", message)
     if required:
         return (
-            "no model given: start from an experiment config, e.g. "
-            "--config configs/mnist/vae.yaml (or --model vae_zoo.models.VAE)"
+            "no model given: start from an experiment config, e.g. --config mnist/vae "
+            "(`python -m vae_zoo configs` lists them), or give --model vae_zoo.models.VAE"
         )
     if _UNION not in message:
         first, *rest = message.strip().splitlines()
@@ -54,7 +56,19 @@ def condense(message: str) -> str:
 
 
 class VAEZooParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one readable line and a tip, not a usage wall."""
+    """LightningArgumentParser whose errors are one readable line and a tip, not a usage wall.
+
+    ``--config`` also takes a config name (``mnist/vae``) and expands an experiment file into
+    its pieces, see :mod:`vae_zoo.cli.config_args`.
+    """
+
+    def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        """Parse ``args`` (default ``sys.argv[1:]``) after resolving the ``--config`` values."""
+        if args is None:
+            args = sys.argv[1:]
+        if isinstance(args, (list, tuple)):
+            args = expand_config_args([str(a) for a in args])
+        return super().parse_args(args, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Print ``error: <condensed message>`` and a hint, then exit with status 2."""

@@ -9,7 +9,7 @@ and then ``$VAE_ZOO_CACHE/classifiers/<dataset>.pt`` (``$VAE_ZOO_CACHE`` default
 ``$XDG_CACHE_HOME/vae_zoo`` or ``~/.cache/vae_zoo``); a newly trained one is written to the
 second place, so read-only data folders stay untouched. The file stores the network, the data
 set and the classifier's own test accuracy. Train one explicitly with
-``python -m vae_zoo.evaluation.classifier --dataset mnist``.
+``python -m vae_zoo classifier --dataset mnist``.
 """
 
 import argparse
@@ -151,7 +151,7 @@ def load_classifier_file(path: str | Path, map_location: str = "cpu") -> Trained
     except Exception as err:  # a truncated or foreign file: say which and how to fix it
         raise ClassifierUnavailableError(
             f"classifier file {path} is unreadable ({type(err).__name__}: {err}); delete it and "
-            "train a new one with `python -m vae_zoo.evaluation.classifier --dataset <name>`"
+            "train a new one with `python -m vae_zoo classifier --dataset <name>`"
         ) from None
     net.eval()
     return TrainedClassifier(net, str(record["dataset"]), float(record["test_accuracy"]), path)
@@ -291,7 +291,7 @@ def get_classifier(
         raise ClassifierUnavailableError(
             f"no cached classifier for {dataset!r} (looked in "
             f"{', '.join(map(str, candidate_paths(dataset, data_dir)))}); train one with "
-            f"`python -m vae_zoo.evaluation.classifier --dataset {dataset}`"
+            f"`python -m vae_zoo classifier --dataset {dataset}`"
         )
     if clf is None:
         clf = train_classifier(dataset, data_dir, device=device)
@@ -301,7 +301,7 @@ def get_classifier(
 def main(argv: list[str] | None = None) -> int:
     """Train (or re-train with --force) and cache the classifier of one data set."""
     parser = argparse.ArgumentParser(
-        prog="python -m vae_zoo.evaluation.classifier",
+        prog="python -m vae_zoo classifier",
         description="Train the small CNN classifier used by `compare` for cond_acc/recon_acc.",
     )
     parser.add_argument("--dataset", required=True, help="mnist or fashion_mnist")

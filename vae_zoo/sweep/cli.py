@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vae_zoo.errors import VAEZooError
+from vae_zoo.shipped import locate
 
 from .results import RESULTS_FILE, RunRecord, format_table, rank_records
 from .spec import SweepSpec, load_spec
@@ -22,10 +23,13 @@ PROG = "python -m vae_zoo sweep"
 COMPARE_MODULE = "vae_zoo.evaluation.compare"
 EPILOG = """\
 examples:
-  python -m vae_zoo sweep sweeps/beta_vae_mnist.yaml
-  python -m vae_zoo sweep sweeps/vae_mnist_bayes.yaml --count 12 --parallel 2
-  python -m vae_zoo sweep sweeps/beta_vae_mnist.yaml --count 3 --out runs/sweeps/smoke \\
+  python -m vae_zoo sweep beta_vae_mnist
+  python -m vae_zoo sweep vae_mnist_bayes --count 12 --parallel 2
+  python -m vae_zoo sweep beta_vae_mnist --count 3 --out runs/sweeps/smoke \\
       -- --trainer.max_epochs=1 --trainer.limit_train_batches=20
+  python -m vae_zoo sweep my_sweep.yaml
+
+A sweep is a file or a shipped sweep's name (`python -m vae_zoo configs` lists them).
 
 Everything after `--` is appended to every run's command (LightningCLI overrides).
 Each run writes DIR/run_XXX (stdout.log, stderr.log, metrics.csv, checkpoints/); the ranked
@@ -42,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/beta_vae_mnist.yaml")
+    parser.add_argument(
+        "sweep_file", help="a W&B sweep YAML, or a shipped sweep's name such as beta_vae_mnist"
+    )
     parser.add_argument(
         "--count", type=int, default=None,
         help="number of runs (default: the whole grid; random/bayes: the file's run_cap)",
@@ -163,7 +169,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     from .check import check_cli_accepts
     from .runner import SweepOptions, SweepRunner
 
-    spec = load_spec(args.sweep_file)
+    spec = load_spec(locate(args.sweep_file, "sweeps"))
     count = args.count if args.count is not None else default_count(spec)
     out = args.out if args.out is not None else default_out(spec)
     if args.dry_run:
