@@ -10,13 +10,13 @@ from PIL import Image
 
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
 
-VARIANTS = ("vae", "beta_vae", "cvae", "iwae", "vamp_vae")
+VARIANTS = ("vae", "beta_vae", "cvae", "iwae", "vamp_vae", "dip_vae")
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
 # logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline;
 # model/<name>.yaml pieces in tests/test_<name>.py (base experiment + piece == full experiment)
-TESTED_ELSEWHERE = [("logger", "wandb"), *(("model", v) for v in ("iwae", "vamp_vae"))]
+TESTED_ELSEWHERE = [("logger", "wandb"), *(("model", v) for v in ("iwae", "vamp_vae", "dip_vae"))]
 
 @pytest.fixture
 def workdir(
