@@ -15,7 +15,16 @@ from trainers import quiet_trainer
 from vae_zoo.distributions import gaussian_kl
 from vae_zoo.errors import ConfigError, NonFiniteLossError
 from vae_zoo.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
-from vae_zoo.models import VAE, BaseVAE, BetaVAE, ConditionalVAE, list_models
+from vae_zoo.models import (
+    DIPVAE,
+    IWAE,
+    VAE,
+    BaseVAE,
+    BetaVAE,
+    ConditionalVAE,
+    VampPriorVAE,
+    list_models,
+)
 from vae_zoo.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vae_zoo.schedules import LinearWarmup
 
@@ -512,6 +521,9 @@ END_TO_END = {
         False,
     ),
     "vae_cb": (VAE, {"likelihood": ContinuousBernoulli()}, False),
+    "iwae": (IWAE, {"k": 5}, True),
+    "vamp_vae": (VampPriorVAE, {"num_pseudo_inputs": 20}, True),
+    "dip_vae_ii": (DIPVAE, {"dip_type": "ii"}, True),
 }
 
 

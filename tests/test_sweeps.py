@@ -35,6 +35,7 @@ REQUIRED = {
     "beta_vae_fashion_mnist.yaml": "grid",
     "vae_mnist_bayes.yaml": "bayes",
     "cvae_mnist_random.yaml": "random",
+    "iwae_mnist.yaml": "grid",
 }
 
 
