@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vae_zoo.cli import main
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
 from vae_zoo.data import CHECKSUMS
 from vae_zoo.data.checksums import (
     TEST_IMAGES,
@@ -20,6 +19,7 @@ from vae_zoo.data.checksums import (
     sha256_hex,
 )
 from vae_zoo.data.idx import encode_idx, write_idx
+from vae_zoo.runs import RUN_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

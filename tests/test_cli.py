@@ -265,7 +265,7 @@ def test_wandb_mode_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_run_dir_versions(tmp_path: Path) -> None:
-    from vae_zoo.cli import run_dir as rd
+    from vae_zoo import runs as rd
 
     parent = tmp_path / "runs" / "mnist" / "vae"
     assert rd.next_version_dir(parent) == parent / "version_0"

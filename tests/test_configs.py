@@ -8,7 +8,7 @@ import yaml
 from cli_support import CONFIGS, TINY, config, enter_workdir, run
 from PIL import Image
 
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.runs import RUN_DIR_ENV
 
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in ("vae", "beta_vae", "cvae")]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vae_zoo.callbacks.images_per_second import METRIC as THROUGHPUT_METRIC
 from vae_zoo.errors import ConfigError, VAEZooError
 from vae_zoo.evaluation import figures
 from vae_zoo.evaluation.classifier import (
@@ -45,7 +46,6 @@ from vae_zoo.evaluation.loading import (
     unique_labels,
 )
 from vae_zoo.evaluation.metrics import ACTIVE_UNIT_THRESHOLD
-from vae_zoo.evaluation.throughput import METRIC as THROUGHPUT_METRIC
 
 PROG = "python -m vae_zoo compare"
 #: throughput columns other loggers use (Lightning's ThroughputMonitor)
