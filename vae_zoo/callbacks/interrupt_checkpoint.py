@@ -40,7 +40,7 @@ class InterruptCheckpoint(Callback):
             return
         if trainer.state.fn != TrainerFn.FITTING:
             return
-        trainer.save_checkpoint(self.ckpt_path)
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         rank_zero_info(
             f"interrupted at global step {trainer.global_step}; saved {self.ckpt_path} "
             "(resume with --ckpt_path last)"

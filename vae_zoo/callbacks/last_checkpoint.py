@@ -51,7 +51,7 @@ class LastCheckpoint(Checkpoint):
         """Write the checkpoint now (every rank must call this); not under ``fast_dev_run``."""
         if trainer.fast_dev_run:  # as Lightning's ModelCheckpoint: a smoke test leaves no files
             return
-        trainer.save_checkpoint(self.path(trainer))
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(
