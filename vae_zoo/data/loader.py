@@ -12,6 +12,7 @@ under DDP instead of injecting its own, and gets ``set_epoch`` calls.
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,4 +276,13 @@ class BatchLoader(DataLoader):
         sampler.resume(int(state["epoch"]), int(state["batches"]))
         rng = state.get("binarize_rng")
         if self.binarizer is not None and rng is not None:
-            self.binarizer.set_state(rng)
+            try:
+                self.binarizer.set_state(rng)
+            except (RuntimeError, TypeError, ValueError):
+                # saved on another device kind (a CUDA generator's state is not a CPU one's):
+                # the position is restored, the draws continue from this loader's own seed
+                warnings.warn(
+                    "resuming: the binarization stream of the checkpoint belongs to another "
+                    "device; its batches continue with fresh draws",
+                    stacklevel=2,
+                )
