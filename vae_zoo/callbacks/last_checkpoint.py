@@ -13,6 +13,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from vae_zoo.runs import CHECKPOINT_DIR
+
 
 class LastCheckpoint(Checkpoint):
     """Save ``<dirpath>/last.ckpt`` at the end of every training epoch (and every N steps).
@@ -44,7 +46,7 @@ class LastCheckpoint(Checkpoint):
 
     def path(self, trainer: L.Trainer) -> Path:
         """Where the checkpoint is written."""
-        folder = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
+        folder = self.dirpath or Path(trainer.default_root_dir) / CHECKPOINT_DIR
         return Path(folder) / f"{self.filename}.ckpt"
 
     def save(self, trainer: L.Trainer) -> None:

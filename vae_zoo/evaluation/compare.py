@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vae_zoo import runs
 from vae_zoo.callbacks.images_per_second import METRIC as THROUGHPUT_METRIC
 from vae_zoo.errors import ConfigError, VAEZooError
 from vae_zoo.evaluation import figures
@@ -358,7 +359,7 @@ def training_throughput(run: LoadedRun) -> tuple[float | None, str | None]:
             # the first epoch includes warm-up (compilation, caches): leave it out when possible
             steady = values[1:] if len(values) > 1 else values
             return sum(steady) / len(steady), f"logged ({name})"
-    config = run.run_dir / "config.yaml" if run.run_dir else None
+    config = runs.config_file(run.run_dir)
     batch = run.data.get("batch_size")
     if config is None or not config.is_file() or not run.global_step or not batch:
         return None, None
