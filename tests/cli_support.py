@@ -1,10 +1,18 @@
-"""Helpers of the CLI tests: tiny IDX data sets, in-process runs, an interrupting callback."""
+"""Helpers of the CLI tests: tiny IDX data sets, in-process runs, interrupting callbacks.
+
+Run as a script (``python tests/cli_support.py <command> ...``) it is ``python -m vae_zoo``
+with the checksums of the tiny data sets taken from ``$VAE_ZOO_TEST_CHECKSUMS`` (JSON): a
+subprocess sees the test's data as an in-process run does.
+"""
 
 import contextlib
 import functools
 import io
+import json
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +22,6 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from vae_zoo.cli import main
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
 from vae_zoo.data import CHECKSUMS
 from vae_zoo.data.checksums import (
     TEST_IMAGES,
@@ -24,6 +31,7 @@ from vae_zoo.data.checksums import (
     sha256_hex,
 )
 from vae_zoo.data.idx import encode_idx, write_idx
+from vae_zoo.runs import RUN_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -101,6 +109,9 @@ def config(*parts: str) -> str:
     return str(CONFIGS.joinpath(*parts[:-1], parts[-1] + ".yaml"))
 
 
+CHECKSUMS_ENV = "VAE_ZOO_TEST_CHECKSUMS"
+
+
 def run(*args: str) -> int:
     """``python -m vae_zoo <args>`` in this process."""
     return main(list(args))
@@ -121,6 +132,17 @@ def _printed_config(*args: str) -> str:
     with contextlib.redirect_stdout(out):
         assert run("fit", *args, "--print_config") == 0
     return out.getvalue()
+def subprocess_env(factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for ``python tests/cli_support.py ...``: this checkout, the tiny data."""
+    root, sums = tiny_data(factory)
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", RUN_DIR_ENV)}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        VAE_ZOO_DATA=str(root),
+        WANDB_MODE="disabled",
+        **{CHECKSUMS_ENV: json.dumps(sums)},
+    )
+    return env
 
 
 class StopAt(Callback):
@@ -138,3 +160,22 @@ class StopAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops after this batch
         else:
             raise KeyboardInterrupt
+
+
+class PauseAt(Callback):
+    """Test callback: at global step ``step`` create ``marker`` and hang (until killed)."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        """Hang once the step is reached, after saying so through the marker file."""
+        if trainer.global_step == self.step:
+            Path(self.marker).touch()
+            time.sleep(600)
+
+
+if __name__ == "__main__":
+    CHECKSUMS.update(json.loads(os.environ[CHECKSUMS_ENV]))
+    sys.exit(main(sys.argv[1:]))

@@ -50,6 +50,39 @@ def test_resume_from_last_continues_the_global_step(
     assert metric_epochs(RUN) == [0, 1]  # the first attempt's rows are kept
 
 
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv."""
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_last_checkpoint_follows_training_when_the_best_stops_improving(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # monitoring "step" in mode min makes every epoch after the first worse than the best, as a
+    # diverging val/loss does: Lightning's save_last then left last.ckpt at the first epoch
+    args = ["--config", config("mnist", "vae"), *TINY, "--trainer.max_epochs=3",
+            "--checkpoint.monitor=step", "--checkpoint.mode=min"]
+    assert run("fit", *args) == 0
+    assert step_of(RUN / "checkpoints/best.ckpt") == 2
+    assert step_of(RUN / "checkpoints/last.ckpt") == 6  # 3 epochs of 2 batches
+    first = csv_rows(RUN)
+    capsys.readouterr()
+
+    assert run("fit", *args, "--trainer.max_epochs=4", "--ckpt_path", "last") == 0
+    assert f"resuming in {RUN} from global step 6" in capsys.readouterr().out
+    assert step_of(RUN / "checkpoints/last.ckpt") == 8
+    resumed = csv_rows(RUN)
+    assert [{k: r[k] for k in first[0]} for r in resumed[: len(first)]] == first  # untouched
+    assert metric_epochs(RUN) == [0, 1, 2, 3]  # each epoch validated once
+
+
+def test_last_checkpoint_can_be_turned_off(workdir: Path) -> None:
+    assert run("fit", "--config", config("mnist", "vae"), *TINY,
+               "--checkpoint.save_last=false") == 0
+    assert sorted(p.name for p in (RUN / "checkpoints").iterdir()) == ["best.ckpt"]
+
+
 @pytest.mark.parametrize(("how", "code"), [("sigterm", 143), ("ctrl-c", 1)])
 def test_interrupted_run_saves_last_and_resumes(
     workdir: Path, how: str, code: int, capsys: pytest.CaptureFixture
@@ -128,7 +161,39 @@ def test_unreadable_checkpoint_is_one_error_line(
     bad.write_bytes(b"not a checkpoint")
     assert run("test", "--config", config("mnist", "vae"), *TINY, "--ckpt_path", str(bad)) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "broken.ckpt is not a readable checkpoint" in err
+    assert "error:" in err
+    assert "broken.ckpt is not a readable checkpoint (not a PyTorch file)" in err
+    assert "weights_only" not in err  # torch's advice to unpickle anyway is unsafe, and no help
+
+
+def test_a_new_metric_column_rewrites_the_csv_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vae_zoo import loggers
+
+    logger = loggers.RunCSVLogger(tmp_path)
+    logger.log_metrics({"train/loss": 1.5, "epoch": 0}, step=0)
+    logger.save()
+    before = (tmp_path / "metrics.csv").read_text()
+
+    def killed_midway(src: object, dst: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loggers.os, "replace", killed_midway)
+    logger.log_metrics({"val/loss": 2.5, "epoch": 0}, step=0)  # a new column: a new header
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert (tmp_path / "metrics.csv").read_text() == before
+
+
+def test_the_csv_logger_creates_nothing_before_the_first_metric(tmp_path: Path) -> None:
+    from vae_zoo.loggers import RunCSVLogger
+
+    logger = RunCSVLogger(tmp_path / "run")
+    logger.log_hyperparams({"lr": 0.1})
+    logger.save()
+    logger.finalize("failed")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resumed_csv_keeps_rows_before_the_checkpoint(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -204,6 +205,74 @@ def test_classifier_command_trains_through_the_module(
     assert "usage: python -m vae_zoo classifier" in capsys.readouterr().out
 
 
+def test_the_tip_after_an_error_works(capsys: pytest.CaptureFixture) -> None:
+    assert run("fit") == 2
+    tip = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tip:")]
+    commands = re.findall(r"`python -m vae_zoo ([^`]+)`", tip[0])
+    assert len(commands) == 2, tip
+    for command in commands:  # the tip's own commands, "..." filled in with a config
+        assert run(*shlex.split(command.replace("...", config("mnist", "vae")))) == 0, command
+        capsys.readouterr()
+
+
+def test_a_yaml_error_names_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "second.yaml"
+    bad.write_text("trainer: [\n  max_epochs: 1\n")
+    assert run("fit", "--config", config("mnist", "vae"), "--config", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}: not valid YAML (line 3, column 1)" in err
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_evaluation_without_a_checkpoint_is_refused(
+    command: str, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert run(command, "--config", config("mnist", "vae"), *TINY) == 2
+    err = capsys.readouterr().err
+    assert f"error: {command} needs a trained model: add --ckpt_path best|last|PATH" in err
+    assert "--allow_untrained=true" in err
+    assert not Path("runs").exists()  # nothing written
+
+
+def test_allow_untrained_evaluates_the_initial_model(workdir: Path) -> None:
+    assert run("test", "--config", config("mnist", "vae"), *TINY, "--allow_untrained=true") == 0
+    rows = list(csv.DictReader(Path("runs/mnist/vae/test_0/metrics.csv").open()))
+    assert rows[-1]["test/nll"]
+
+
+@pytest.mark.parametrize(
+    "broken", ["--data.val_size=1000", "--data.data_dir=no_data_here"], ids=["setup", "prepare"]
+)
+def test_a_data_error_leaves_no_run_folder(
+    broken: str, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert run("fit", "--config", config("mnist", "vae"), *TINY, broken) == 2
+    captured = capsys.readouterr()
+    assert "error:" in captured.err and "results go to" not in captured.out
+    assert not Path("runs").exists()
+
+
+def test_a_command_line_optimizer_is_used(workdir: Path) -> None:
+    assert run("fit", "--config", config("mnist", "vae"), *TINY, "--optimizer=SGD",
+               "--optimizer.lr=0.05", "--optimizer.momentum=0.5") == 0
+    import torch
+
+    ckpt = torch.load("runs/mnist/vae/version_0/checkpoints/last.ckpt", weights_only=False)
+    group = ckpt["optimizer_states"][0]["param_groups"][0]
+    assert group["lr"] == 0.05 and group["momentum"] == 0.5
+
+
+def test_configure_optimizers_follows_the_models_policy() -> None:
+    from vae_zoo.cli.lightning_cli import VAEZooCLI
+
+    class WithPolicy:
+        def configure_optimizers_with(self, optimizer: object, lr_scheduler: object) -> tuple:
+            return ("policy", optimizer, lr_scheduler)
+
+    assert VAEZooCLI.configure_optimizers(WithPolicy(), "adam") == ("policy", "adam", None)
+    assert VAEZooCLI.configure_optimizers(object(), "adam") == "adam"  # LightningCLI's default
+
+
 def test_negative_beta_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
     assert run("fit", "--config", config("mnist", "beta_vae"), "--model.init_args.beta=-1") == 2
     err = capsys.readouterr().err
@@ -235,6 +304,10 @@ def test_fit_then_test_the_best_checkpoint(workdir: Path, capsys: pytest.Capture
         assert (run_dir / name).is_file(), name
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["init_args"]["val_k"] == 2 and saved["trainer"]["max_epochs"] == 1
+    logged = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [float(r["train/images_per_sec"]) > 0 for r in logged if r["train/images_per_sec"]] == [
+        True
+    ]  # on by default: one value per epoch
 
     args = ["--config", config("mnist", "vae"), *TINY, "--model.init_args.test_k=5"]
     assert run("test", *args, "--ckpt_path", "best") == 0
@@ -286,7 +359,8 @@ def test_wandb_without_credentials_runs_offline(
     monkeypatch.setenv("HOME", str(home))
     for name in ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    argv = ["fit", "--config", config("mnist", "vae"), "--config", config("logger", "wandb"), *TINY]
+    argv = ["fit", "--config", config("mnist", "vae"), "--config", config("logger", "wandb"), *TINY,
+            "--trainer.max_epochs=2"]
     assert run(*argv) == 0
     out = capsys.readouterr().out
     notices = [line for line in out.splitlines() if line.startswith("wandb: offline mode")]
@@ -300,6 +374,23 @@ def test_wandb_without_credentials_runs_offline(
     logged = {p.name.split("_")[0] for p in offline[0].rglob("media/images/**/*.png")}
     assert logged == {"recon", "samples"}  # the image grids went to W&B too
     assert (run_dir / "metrics.csv").is_file()  # the CSV logger stays on beside W&B
+    # the run's folders were given to W&B, but config.yaml keeps what the user wrote
+    assert "version_0" not in str(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+    # what W&B shows: the offline run's media files, one reconstruction grid per epoch
+    import numpy as np
+    from PIL import Image
+
+    media = sorted((run_dir / "wandb").glob("offline-run-*/files/media/images/**/recon_*.png"),
+                   key=lambda p: int(p.name.split("_")[1]))  # recon_<step>_<hash>.png
+    assert len(media) == 2  # one per epoch
+    logged = [np.asarray(Image.open(p).convert("L")) for p in media]
+    local = [np.asarray(Image.open(run_dir / f"images/epoch_{e:03d}_recon.png").convert("L"))
+             for e in (0, 1)]
+    for image, png in zip(logged, local, strict=True):
+        assert len(np.unique(image)) > 2  # not the {0, 1} of a float image cast to uint8
+        assert np.array_equal(image, png)  # what W&B shows is the local grid
+    assert not np.array_equal(logged[0], logged[1])  # the model changed between epochs
 
 
 def test_wandb_mode_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -326,7 +417,7 @@ def test_wandb_mode_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_run_dir_versions(tmp_path: Path) -> None:
-    from vae_zoo.cli import run_dir as rd
+    from vae_zoo import runs as rd
 
     parent = tmp_path / "runs" / "mnist" / "vae"
     assert rd.next_version_dir(parent) == parent / "version_0"

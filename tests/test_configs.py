@@ -9,7 +9,7 @@ import yaml
 from cli_support import CONFIGS, ROOT, TINY, config, enter_workdir, resolved, run
 from PIL import Image
 
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.runs import RUN_DIR_ENV
 
 V0_VARIANTS = ("vae", "beta_vae", "cvae")  # the experiments that were flat files before
 VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae")

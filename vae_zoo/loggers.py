@@ -11,11 +11,14 @@ import netrc
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch import Tensor
+
+from vae_zoo.runs import METRICS_FILE
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 
@@ -84,31 +87,126 @@ def previous_wandb_id(run_dir: str | Path) -> str | None:
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
-class _ResumingWriter(ExperimentWriter):
-    """CSV writer that continues an existing metrics.csv instead of deleting it."""
+class RunCSVLogger(Logger):
+    """Writes ``<run_dir>/metrics.csv``: one row per logging call, columns sorted by name.
 
-    def __init__(self, log_dir: str, resume_step: int | None) -> None:
-        self.resume_step = resume_step
-        super().__init__(log_dir)
+    The format of Lightning's ``CSVLogger`` (``epoch``, ``step`` and one column per metric,
+    empty where a row has no value), written on Lightning's public ``Logger`` interface so
+    that it can continue a file and never leave a broken one:
 
-    def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here; a resumed run keeps the rows up to the
-        # checkpoint's step and drops those a killed attempt logged after it.
-        path = Path(self.metrics_file_path)
-        if not path.is_file():
+    * nothing is created before the first metric is logged, so a run that stops before
+      training (a data error) leaves no folder behind;
+    * rows are appended; when a new metric adds a column, the file is rewritten to a temporary
+      file and renamed, so a kill during the rewrite leaves the previous file;
+    * a resumed run (``resume_step``) keeps the rows logged before its checkpoint's global
+      step and drops those a killed attempt logged after it, so no step appears twice;
+      otherwise an existing file is replaced.
+
+    Hyper-parameters are not written: the run's ``config.yaml`` holds them.
+
+    Args:
+        run_dir: the run directory.
+        resume_step: the global step of the checkpoint a resumed run starts from.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        super().__init__()
+        self._run_dir = Path(run_dir)
+        self._resume_step = resume_step
+        self._pending: list[dict[str, Any]] = []
+        self._columns: list[str] | None = None  # None until the existing file was dealt with
+
+    @property
+    def name(self) -> str:
+        """No experiment name: the files go directly into the run directory."""
+        return ""
+
+    @property
+    def version(self) -> str:
+        """No version: the run directory is the version."""
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        """The run directory (``trainer.log_dir``, where ``config.yaml`` goes too)."""
+        return str(self._run_dir)
+
+    @property
+    def log_dir(self) -> str:
+        """The run directory."""
+        return str(self._run_dir)
+
+    @property
+    def path(self) -> Path:
+        """The ``metrics.csv`` file."""
+        return self._run_dir / METRICS_FILE
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing to do: ``config.yaml`` holds the hyper-parameters."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Queue one row; :meth:`save` (Lightning calls it after every log) writes it."""
+        self._open()
+        row = {k: v.item() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self._pending) if step is None else step
+        self._pending.append(row)
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Write the queued rows."""
+        if not self._pending:
             return
-        if self.resume_step is None:
-            path.unlink()
-            return
-        with path.open(newline="") as f:
+        columns = self._open()
+        new = sorted(set().union(*self._pending) - set(columns))
+        if new or not self.path.is_file():
+            columns[:] = sorted({*columns, *new})
+            self._rewrite(columns, [*_read_rows(self.path), *self._pending])
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=columns).writerows(self._pending)
+        self._pending = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Write what is queued."""
+        self.save()
+
+    def _open(self) -> list[str]:
+        """The file's columns, after keeping (resume) or dropping an existing file, once."""
+        if self._columns is not None:
+            return self._columns
+        self._columns = []
+        if not self.path.is_file():
+            return self._columns
+        if self._resume_step is None:
+            self.path.unlink()
+            return self._columns
+        with self.path.open(newline="") as f:
             reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [r for r in reader if _step(r) is None or _step(r) < self.resume_step]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
+            self._columns = list(reader.fieldnames or [])
+            rows = list(reader)
+        kept = [r for r in rows if _step(r) is None or _step(r) < self._resume_step]
+        if len(kept) < len(rows):
+            self._rewrite(self._columns, kept)
+        return self._columns
+
+    def _rewrite(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        part = self.path.with_name(f".{METRICS_FILE}.part")
+        with part.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        self.metrics_keys = sorted(header)
+        os.replace(part, self.path)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _step(row: dict[str, str]) -> int | None:
@@ -116,34 +214,3 @@ def _step(row: dict[str, str]) -> int | None:
         return int(float(row.get("step") or ""))
     except ValueError:
         return None
-
-
-class RunCSVLogger(CSVLogger):
-    """CSVLogger writing ``<run_dir>/metrics.csv`` (and ``hparams.yaml``) directly in the run dir.
-
-    Args:
-        run_dir: the run directory.
-        resume_step: when resuming from a checkpoint taken at this global step, keep the rows of
-            an existing metrics.csv logged before it (Lightning would delete the file).
-        flush_logs_every_n_steps: how often rows are written to disk.
-    """
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        resume_step: int | None = None,
-        flush_logs_every_n_steps: int = 50,
-    ) -> None:
-        # name="" and version="" put the files directly in the run directory
-        every = flush_logs_every_n_steps
-        super().__init__(str(run_dir), name="", version="", flush_logs_every_n_steps=every)
-        self._resume_step = resume_step
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        """The writer, created on first use so that it can continue an existing file."""
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumingWriter(self.log_dir, self._resume_step)
-        return self._experiment

@@ -1,32 +1,45 @@
 """``VAEZooCLI``: LightningCLI for the training commands (fit, validate, test, predict).
 
-On top of LightningCLI it chooses the run directory (see :mod:`vae_zoo.cli.run_dir`), always
-logs ``metrics.csv`` there, saves ``best.ckpt``/``last.ckpt`` (and ``last.ckpt`` on Ctrl-C or
-SIGTERM), logs image grids, resolves ``--ckpt_path last|best`` to the latest run, refuses a
-checkpoint of another variant, and prints where the results went.
+On top of LightningCLI it chooses the run directory (see :mod:`vae_zoo.runs`), always logs
+``metrics.csv`` and ``train/images_per_sec`` there, saves ``best.ckpt`` and ``last.ckpt``
+(every epoch end and on Ctrl-C or SIGTERM), logs image grids, resolves
+``--ckpt_path last|best`` to the latest run, refuses a checkpoint of another variant and an
+evaluation without a checkpoint, and prints where the results went.
+
+Only LightningCLI's public hooks are overridden (``add_arguments_to_parser``,
+``parse_arguments``, ``before/after_instantiate_classes``, ``instantiate_trainer``, the static
+``configure_optimizers``, ``before_<command>``/``after_<command>``); the one place that relies
+on more is :mod:`vae_zoo.lightning_compat`.
 """
 
 import copy
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from vae_zoo.callbacks import ImageGridLogger, InterruptCheckpoint
-from vae_zoo.checkpoints import AtomicCheckpointIO, read_checkpoint_meta, variant_of
-from vae_zoo.cli import run_dir as rd
-from vae_zoo.cli.parser import VAEZooParser
+from vae_zoo import runs
+from vae_zoo.callbacks import (
+    ImageGridLogger,
+    ImagesPerSecond,
+    InterruptCheckpoint,
+    LastCheckpoint,
+)
+from vae_zoo.checkpoints import AtomicCheckpointIO, variant_of
+from vae_zoo.cli.parser import VAEZooParser, check_config_files
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
+from vae_zoo.lightning_compat import restore_ckpt_path, stash_ckpt_path
 from vae_zoo.loggers import RunCSVLogger, prepare_wandb, previous_wandb_id
 from vae_zoo.models import BaseVAE
 from vae_zoo.models.registry import class_from_path
@@ -34,10 +47,13 @@ from vae_zoo.models.registry import class_from_path
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: model arguments that say how to evaluate, not what was trained: the config decides them
 EVALUATION_KEYS = ("val_k", "test_k", "iw_rows", "compile")
+#: the flag that lets validate/test/predict run without a checkpoint
+UNTRAINED_FLAG = "allow_untrained"
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/loss",
     "checkpoint.mode": "min",
     "checkpoint.filename": "best",
+    # here save_last means "write last.ckpt": LastCheckpoint does, at every epoch end
     "checkpoint.save_last": True,
     "checkpoint.auto_insert_metric_name": False,
     "checkpoint.enable_version_counter": False,
@@ -91,45 +107,71 @@ class VAEZooCLI(LightningCLI):
         }
         settings.update(kwargs)
         self.run_dir: Path | None = None
+        self._ckpt_path: str | None = None  # the resolved --ckpt_path (see lightning_compat)
         self._resume_step: int | None = None
+        self._given_loggers: Any = None
         super().__init__(args=args, run=run, **settings)
 
     # ------------------------------------------------------------------ parsing
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the always-on callbacks as config sections ``checkpoint`` and ``images``."""
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        """Config sections ``checkpoint``, ``last``, ``images``; the ``allow_untrained`` flag."""
+        # not add_lightning_class_args: instantiate_trainer adds these callbacks itself,
+        # as it decides which of them a command needs
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False,
+                                   sub_configs=True)
         parser.set_defaults(CHECKPOINT_DEFAULTS)
-        parser.add_lightning_class_args(ImageGridLogger, "images")
+        parser.add_class_arguments(LastCheckpoint, "last", fail_untyped=False, sub_configs=True,
+                                   skip={"dirpath", "filename"})
+        parser.add_class_arguments(ImageGridLogger, "images", fail_untyped=False,
+                                   sub_configs=True)
+        parser.add_argument(
+            f"--{UNTRAINED_FLAG}",
+            type=bool,
+            default=False,
+            help="validate/test/predict without --ckpt_path: evaluate the untrained model "
+            "(without this flag that is an error)",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse ``args`` (LightningCLI's version warns when they come from ``main(argv)``)."""
+        """Parse; then resolve ``--ckpt_path`` and take the model settings from the checkpoint.
+
+        LightningCLI's own step would merge the checkpoint's hyper-parameters over the whole
+        model config (switching the variant silently and ignoring ``test_k`` given on the
+        command line). Here the architecture comes from the checkpoint and the evaluation
+        settings (``EVALUATION_KEYS``) from the config; see :mod:`vae_zoo.lightning_compat`.
+        """
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args)
         else:
+            check_config_files(sys.argv[1:] if args is None else list(args))
             self.config = parser.parse_args(args)
-
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``last``/``best``, refuse another variant's checkpoint, take its hparams.
-
-        Replaces LightningCLI's version, which merges the checkpoint's hyper-parameters over
-        the whole model config (switching the variant silently and ignoring ``test_k`` given
-        on the command line). Here the architecture comes from the checkpoint and the
-        evaluation settings (``EVALUATION_KEYS``) from the config.
-        """
         sub = self.config.get("subcommand")
         if not sub:
             return
-        cfg = self.config[sub]
-        ckpt = cfg.get("ckpt_path")
-        if not ckpt:
+        if not self.config[sub].get("ckpt_path"):
+            if sub != "fit" and not self.config[sub].get(UNTRAINED_FLAG):
+                raise ConfigError(
+                    f"{sub} needs a trained model: add --ckpt_path best|last|PATH (best/last: "
+                    f"of the newest run of this experiment), or --{UNTRAINED_FLAG}=true to "
+                    "evaluate the untrained model"
+                )
             return
-        if ckpt in ("last", "best"):
-            path = rd.resolve_alias(ckpt, self._experiment_dir(cfg), cfg.trainer.default_root_dir)
-            _say(f"--ckpt_path {ckpt}: {rd.display(path)}")
+        self._take_checkpoint(sub)
+        self._ckpt_path = stash_ckpt_path(self.config[sub])
+
+    def _take_checkpoint(self, sub: str) -> None:
+        """Resolve ``last``/``best``, refuse another variant's checkpoint, take its hparams."""
+        cfg = self.config[sub]
+        ckpt = cfg.ckpt_path
+        if ckpt in runs.ALIASES:
+            path = runs.resolve_alias(
+                ckpt, self._experiment_dir(cfg), cfg.trainer.default_root_dir
+            )
+            _say(f"--ckpt_path {ckpt}: {runs.display(path)}")
             cfg.ckpt_path = ckpt = str(path)
         if not Path(ckpt).is_file():
             raise ConfigError(f"--ckpt_path {ckpt}: no such file; give a .ckpt file, last or best")
-        hparams, self._resume_step = read_checkpoint_meta(ckpt)
+        hparams, self._resume_step = runs.checkpoint_meta(ckpt)
         hparams.pop("_instantiator", None)
         class_path = hparams.pop("_class_path", None)
         if not class_path:
@@ -154,55 +196,51 @@ class VAEZooCLI(LightningCLI):
         if wanted is written and written is not None:
             return
         variant = variant_of(class_path)
-        run = rd.run_dir_of_checkpoint(ckpt)
-        use = (
-            f"{run / 'config.yaml'}"
-            if run is not None and (run / "config.yaml").is_file()
-            else f"configs/{cfg.data.dataset}/{variant}.yaml"
-        )
+        config = runs.config_file(runs.run_dir_of_checkpoint(ckpt))
+        use = config or f"configs/{cfg.data.dataset}/{variant}.yaml"
         raise CheckpointMismatchError(
             f"checkpoint {ckpt} was written by {class_path} (variant '{variant}') but the config "
             f"selects {cfg.model.class_path}; use --config {use}"
         )
 
     # ------------------------------------------------------------------ run directory
-    def _cfg(self) -> Namespace:
-        """The config of the subcommand being run (the whole config when run=False)."""
-        return self.config[self.subcommand] if self.subcommand else self.config
+    def _section(self, config: Namespace) -> Namespace:
+        """The part of ``config`` of the subcommand being run (all of it when run=False)."""
+        return config[self.subcommand] if self.subcommand else config
 
     def _experiment_dir(self, cfg: Namespace) -> Path:
-        return rd.experiment_dir(str(cfg.data.dataset), variant_of(str(cfg.model.class_path)))
+        return runs.experiment_dir(str(cfg.data.dataset), variant_of(str(cfg.model.class_path)))
 
     def _choose_run_dir(self, sub: str, cfg: Namespace) -> Path:
-        inherited = rd.inherited_run_dir()
+        inherited = runs.inherited_run_dir()
         if inherited:
             return Path(inherited)
         explicit = cfg.trainer.default_root_dir
-        ckpt_run = rd.run_dir_of_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+        ckpt_run = runs.run_dir_of_checkpoint(self._ckpt_path) if self._ckpt_path else None
         if sub == "fit":
             if explicit:
                 return Path(explicit)
-            return ckpt_run or rd.next_version_dir(self._experiment_dir(cfg))
+            return ckpt_run or runs.next_version_dir(self._experiment_dir(cfg))
         base = ckpt_run or (Path(explicit) if explicit else None)
         if base is None:
-            return rd.next_version_dir(self._experiment_dir(cfg), prefix=f"{sub}_")
+            return runs.next_version_dir(self._experiment_dir(cfg), prefix=f"{sub}_")
         return base / sub
 
     def before_instantiate_classes(self) -> None:
-        """Fix the run directory before the loggers and the trainer are built."""
-        sub = self.subcommand or "fit"  # run=False builds what fit would
-        self.run_dir = self._choose_run_dir(sub, self._cfg())
-        os.environ[rd.RUN_DIR_ENV] = str(self.run_dir)
+        """Fix the run directory, and put every logger's files into it."""
+        cfg = self._section(self.config)
+        if self.subcommand:
+            restore_ckpt_path(cfg, self._ckpt_path)
+        self.run_dir = self._choose_run_dir(self.subcommand or "fit", cfg)
+        os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)
+        # placed on the config that is instantiated, and given back (after_instantiate_classes)
+        # before config.yaml is written: a reused config must not name this run's folders
+        self._given_loggers = copy.deepcopy(cfg.trainer.logger)
+        self._place_loggers(cfg.trainer)
 
-    def instantiate_classes(self) -> None:
-        """Instantiate as LightningCLI does, with every logger's files put in the run dir."""
-        config = copy.deepcopy(self.config)
-        self._place_loggers(self._get(config, "trainer"))
-        self.config_init = self.parser.instantiate_classes(config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
-        self._add_configure_optimizers_method_to_model(self.subcommand)
-        self.trainer = self.instantiate_trainer()
+    def after_instantiate_classes(self) -> None:
+        """Give back the logger settings as the user wrote them (they go to config.yaml)."""
+        self._section(self.config).trainer.logger = self._given_loggers
 
     def _place_loggers(self, trainer_cfg: Namespace) -> None:
         specs = trainer_cfg.logger
@@ -225,63 +263,94 @@ class VAEZooCLI(LightningCLI):
                 spec.init_args.name, spec.init_args.version = "", ""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer with the run dir, the run's CSV logger and the checkpoint callbacks."""
-        config = self._get(self.config_init, "trainer", default={})
-        checkpointing = config.get("enable_checkpointing") is not False
-        keys = self._parser(self.subcommand).callback_keys
-        extra = [self._get(self.config_init, key) for key in keys]
-        extra = [cb for cb in extra if checkpointing or not isinstance(cb, ModelCheckpoint)]
-        ckpt_dir = Path(self.run_dir or ".") / "checkpoints"
-        ckpt_path = self._get(self.config_init, "ckpt_path")
-        if self.subcommand != "fit" and ckpt_path:
-            # only fit writes checkpoints; pointing the callback at the checkpoint's own folder
-            # lets Lightning restore its state without warnings about a changed dirpath
-            ckpt_dir = Path(ckpt_path).parent
-        if checkpointing and self.subcommand == "fit":
-            extra.append(InterruptCheckpoint(ckpt_dir))
-        trainer_config = {**config, "default_root_dir": str(self.run_dir), **kwargs}
-        trainer_config["logger"] = self._loggers(config.get("logger"))
-        trainer_config["plugins"] = _with_atomic_io(config.get("plugins"))
+        """The trainer with the run dir, the run's CSV logger and the command's callbacks."""
+        section = self._section(self.config_init)
+        config = section.get("trainer") or {}
+        run_dir = Path(self.run_dir or ".")
+        settings = {
+            "default_root_dir": str(run_dir),
+            "logger": self._loggers(config.get("logger")),
+            "plugins": _with_atomic_io(config.get("plugins")),
+            "callbacks": self._callbacks(section, run_dir),
+            **kwargs,
+        }
         try:
-            trainer = self._instantiate_trainer(trainer_config, extra)
+            trainer = super().instantiate_trainer(**settings)
         except (ValueError, TypeError) as err:
             # Trainer(...) rejects impossible settings (e.g. FSDP without a GPU) this way
             raise ConfigError(f"trainer settings: {err}") from err
+        ckpt_dir = os.path.realpath(self._checkpoint_dir(run_dir))
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-                cb.dirpath = os.path.realpath(ckpt_dir)
+                cb.dirpath = ckpt_dir
         return trainer
+
+    def _checkpoint_dir(self, run_dir: Path) -> Path:
+        if self.subcommand not in (None, "fit") and self._ckpt_path:
+            # only fit writes checkpoints; pointing the callback at the checkpoint's own folder
+            # lets Lightning restore its state without warnings about a changed dirpath
+            return Path(self._ckpt_path).parent
+        return run_dir / runs.CHECKPOINT_DIR
+
+    def _callbacks(self, section: Namespace, run_dir: Path) -> list[Callback]:
+        """The user's callbacks, then best/last/interrupt checkpoints, image grids, throughput."""
+        given = section.get("trainer", {}).get("callbacks")
+        callbacks = [] if given is None else list(given) if isinstance(given, list) else [given]
+        fitting = self.subcommand in (None, "fit")
+        ckpt_dir = self._checkpoint_dir(run_dir)
+        if section.get("trainer", {}).get("enable_checkpointing") is not False:
+            best: ModelCheckpoint = section["checkpoint"]
+            write_last, best.save_last = bool(best.save_last), False  # LastCheckpoint owns it
+            callbacks.append(best)
+            if fitting:
+                last: LastCheckpoint = section["last"]
+                last.dirpath = os.path.realpath(ckpt_dir)
+                callbacks += [last] if write_last else []
+                callbacks.append(InterruptCheckpoint(ckpt_dir))
+        callbacks.append(section["images"])
+        if fitting and not any(isinstance(cb, ImagesPerSecond) for cb in callbacks):
+            callbacks.append(ImagesPerSecond())
+        if self.subcommand is not None:
+            callbacks.append(_Announce(self))
+        return callbacks
 
     def _loggers(self, given: Any) -> list[Logger] | bool:
         if given is False:
             return False
         others = [] if given in (None, True) else given if isinstance(given, list) else [given]
         # the run's own CSV logger replaces any other CSVLogger: both would write metrics.csv
-        others = [lg for lg in others if not isinstance(lg, CSVLogger)]
+        others = [lg for lg in others if not isinstance(lg, (CSVLogger, RunCSVLogger))]
         resume = self._resume_step if self.subcommand == "fit" else None
-        return [RunCSVLogger(self.run_dir, resume_step=resume), *others]
+        return [RunCSVLogger(self.run_dir or ".", resume_step=resume), *others]
+
+    @staticmethod
+    def configure_optimizers(
+        lightning_module: LightningModule, optimizer: Any, lr_scheduler: Any = None
+    ) -> Any:
+        """``--optimizer``/``--lr_scheduler`` given: the model's policy for them if it has one.
+
+        A model with ``configure_optimizers_with(optimizer, lr_scheduler)`` (e.g. one that gives
+        the command-line optimizer its main parameters only and adds its own for a second
+        network) decides; otherwise LightningCLI's default.
+        """
+        custom = getattr(lightning_module, "configure_optimizers_with", None)
+        if callable(custom):
+            return custom(optimizer, lr_scheduler)
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
 
     # ------------------------------------------------------------------ around the run
-    def before_fit(self) -> None:
-        """Say where the run goes (and from which step it resumes)."""
-        if self.config.fit.get("ckpt_path"):
-            # resuming in place: the run's checkpoints are expected to be there
-            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
-            _say(f"resuming in {rd.display(self.run_dir)} from global step {self._resume_step}")
+    def announce(self) -> None:
+        """Say where the run goes (once the data is ready: a data error leaves nothing)."""
+        assert self.run_dir is not None
+        if self.subcommand == "fit" and self._ckpt_path:
+            _say(f"resuming in {runs.display(self.run_dir)} from global step {self._resume_step}")
         else:
-            _say(f"fit: results go to {rd.display(self.run_dir)}")
+            _say(f"{self.subcommand}: results go to {runs.display(self.run_dir)}")
 
-    def before_validate(self) -> None:
-        """Say where the validation results go."""
-        _say(f"validate: results go to {rd.display(self.run_dir)}")
-
-    def before_test(self) -> None:
-        """Say where the test results go."""
-        _say(f"test: results go to {rd.display(self.run_dir)}")
-
-    def before_predict(self) -> None:
-        """Say where the predictions go."""
-        _say(f"predict: results go to {rd.display(self.run_dir)}")
+    def before_fit(self) -> None:
+        """Expect the checkpoints of a resumed run in its folder."""
+        if self._ckpt_path:
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
 
     def after_fit(self) -> None:
         """Print where the checkpoints, config and metrics of the run are."""
@@ -289,11 +358,11 @@ class VAEZooCLI(LightningCLI):
         if not self.trainer.is_global_zero or self.run_dir is None:
             return
         parts = []
-        cb = self.trainer.checkpoint_callback
-        if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
-            parts.append(f"best checkpoint {rd.display(cb.best_model_path)}")
-        parts += self._files("config.yaml", "metrics.csv")
-        _say(f"results in {rd.display(self.run_dir)} ({', '.join(parts) or 'no files written'})")
+        best = next((cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        if best is not None and best.best_model_path:
+            parts.append(f"best checkpoint {runs.display(best.best_model_path)}")
+        parts += self._files(runs.CONFIG_FILE, runs.METRICS_FILE)
+        _say(f"results in {runs.display(self.run_dir)} ({', '.join(parts) or 'no files written'})")
 
     def after_validate(self) -> None:
         """Print where the validation metrics went."""
@@ -315,18 +384,18 @@ class VAEZooCLI(LightningCLI):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "predictions.pt"
         torch.save(merged, path)
-        _say(f"results in {rd.display(self.run_dir)} (predictions {rd.display(path)})")
+        _say(f"results in {runs.display(self.run_dir)} (predictions {runs.display(path)})")
 
     def _after_evaluation(self) -> None:
         self._finish_wandb()
         if self.trainer.is_global_zero and self.run_dir is not None:
-            files = ", ".join(self._files("metrics.csv", "config.yaml")) or "no files written"
-            _say(f"results in {rd.display(self.run_dir)} ({files})")
+            files = ", ".join(self._files(runs.METRICS_FILE, runs.CONFIG_FILE))
+            _say(f"results in {runs.display(self.run_dir)} ({files or 'no files written'})")
 
     def _files(self, *names: str) -> list[str]:
         assert self.run_dir is not None
         found = [self.run_dir / n for n in names if (self.run_dir / n).is_file()]
-        return [f"{p.stem} {rd.display(p)}" for p in found]
+        return [f"{p.stem} {runs.display(p)}" for p in found]
 
     def _finish_wandb(self) -> None:
         # WandbLogger leaves the run open; closing it flushes the (offline) run to disk now
@@ -335,6 +404,20 @@ class VAEZooCLI(LightningCLI):
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+class _Announce(Callback):
+    """Prints where the run goes at ``setup``, which Lightning calls after the data's setup."""
+
+    def __init__(self, cli: VAEZooCLI) -> None:
+        self.cli = cli
+        self.done = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Announce once."""
+        if not self.done:
+            self.done = True
+            self.cli.announce()
 
 
 def _with_atomic_io(plugins: Any) -> list[Any]:

@@ -14,9 +14,8 @@ import platform
 import sys
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
-from vae_zoo import __version__
+from vae_zoo import __version__, runs
 
 PROG = "python -m vae_zoo"
 
@@ -131,11 +130,10 @@ def with_run_config(args: list[str]) -> list[str]:
             ckpt = arg.split("=", 1)[1]
         elif arg == "--ckpt_path" and i + 1 < len(args):
             ckpt = args[i + 1]
-    if not ckpt or ckpt in ("last", "best"):
+    if not ckpt or ckpt in runs.ALIASES:
         return args
-    path = Path(ckpt)
-    config = path.parent.parent / "config.yaml" if path.parent.name == "checkpoints" else None
-    if config is None or not config.is_file():
+    config = runs.config_file(runs.run_dir_of_checkpoint(ckpt))
+    if config is None:
         return args
     print(f"using the run's config {config}", file=sys.stderr)
     return ["--config", str(config), *args]

@@ -8,11 +8,16 @@ a usage text of 150 lines; :func:`condense` keeps the lines that name the key an
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from vae_zoo.cli.config_args import expand_config_args
+from vae_zoo.errors import ConfigError
+
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 _UNION = "Does not validate against any of the Union subtypes"
 _NOISE = (
@@ -55,6 +60,38 @@ def condense(message: str) -> str:
     return f"{key} {' '.join(parts)}".strip()
 
 
+def config_files(args: list[str]) -> list[str]:
+    """The files given with ``--config``/``-c`` in a command line, in order."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def check_config_files(args: list[str]) -> None:
+    """ConfigError naming the file, line and column when a ``--config`` file is not YAML.
+
+    jsonargparse reports a syntax error without saying which of several config files has it.
+    Missing files are left to it (its message names them).
+    """
+    for name in config_files(args):
+        path = Path(name)
+        if not path.is_file():
+            continue
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{name}: not valid YAML{where}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{name}: cannot be read as a YAML file: {err}") from None
+
+
 class VAEZooParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one readable line and a tip, not a usage wall.
 
@@ -76,6 +113,11 @@ class VAEZooParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        # an error of a subcommand's arguments can reach the main parser ("fit.model" missing);
+        # the tip must then name the subcommand, or its own commands would fail
+        sub = re.search(r"\b(" + "|".join(_SUBCOMMANDS) + r")\.\w", message)
+        if sub and not prog.endswith(f" {sub.group(1)}"):
+            prog = f"{prog} {sub.group(1)}"
         text = message if os.environ.get("VAE_ZOO_DEBUG") else condense(message)
         sys.stderr.write(f"error: {text}\n")
         sys.stderr.write(

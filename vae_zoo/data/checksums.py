@@ -1,5 +1,6 @@
 """The built-in table of data sets and the SHA-256 of their decompressed IDX files; verification."""
 
+import gzip
 import hashlib
 import zlib
 from collections.abc import Callable, Mapping
@@ -79,7 +80,7 @@ class CorruptFileError(VAEZooError, ValueError):
 
 
 class ChecksumMismatchError(CorruptFileError):
-    """A data file's decompressed content does not have the expected SHA-256."""
+    """A data file's decompressed content does not have the expected SHA-256 (a damaged file)."""
 
     def __init__(self, path: Path, expected: str, actual: str, hint: str = "") -> None:
         detail = f" ({hint})" if hint else ""
@@ -120,16 +121,32 @@ def sha256_hex(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def readable_gzip(path: Path) -> bytes:
+    """The decompressed bytes a damaged gzip file still yields, up to where it breaks."""
+    out = bytearray()
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as raw:
+        while chunk := raw.read(1 << 22):
+            try:
+                out += inflater.decompress(chunk)
+            except zlib.error:
+                break
+    return bytes(out)
+
+
 def verify_file(
     path: Path, name: str, expected: str, progress: Callable[[int], None] | None = None
 ) -> VerifiedFile:
     """Read ``path`` (gzip or not) and check its content; CorruptFileError if unusable."""
     try:
         data = read_bytes(path, progress)
-    except (OSError, EOFError, zlib.error) as error:
-        # EOFError is how gzip reports a truncated archive.
-        reason = "truncated gzip archive" if isinstance(error, EOFError) else str(error)
-        raise CorruptFileError(path, f"unreadable: {reason}") from error
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        # EOFError is how gzip reports a truncated archive; the checksum is of what it holds
+        hint = "truncated gzip archive" if isinstance(error, EOFError) else "corrupt gzip data"
+        actual = sha256_hex(readable_gzip(path))
+        raise ChecksumMismatchError(path, expected, actual, hint) from error
+    except OSError as error:
+        raise CorruptFileError(path, f"unreadable: {error}") from error
     actual = sha256_hex(data)
     if actual != expected:
         try:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from vae_zoo.data.checksums import DATASETS, dataset_info, expected_checksums
 from vae_zoo.data.sources import (
+    CORRUPT_SUFFIX,
     DATA_ENV,
     local_folders,
     provision,
@@ -93,6 +94,10 @@ def _verify(dataset: str, data_dir: str | None) -> bool:
         if name in result.missing:
             print(f"  MISSING  {name} (.gz or not)")
     print(f"  {'verified' if ok else 'NOT usable'}")
+    if result.damaged:
+        # the same lines fit prints; verify only looks, fit and fetch repair
+        print(f"  damaged files: `python -m vae_zoo data fetch --dataset {dataset}` (or fit) "
+              f"renames them to *{CORRUPT_SUFFIX} and fetches verified copies")
     return ok
 
 

@@ -1,15 +1,20 @@
 """The fast in-memory loader: one uint8 tensor, batches gathered by index, no per-sample Python.
 
 A :class:`ShardedBatchSampler` yields one index tensor per batch; :class:`BatchDataset` turns
-it into ``(x, y)`` with one gather, one float conversion and (for dynamic binarization) one
-``torch.bernoulli`` per batch. :func:`batch_loader` wraps both in a plain ``DataLoader`` with
-``batch_size=None``. The sampler subclasses ``DistributedSampler`` so that Lightning keeps it
+it into ``(x, y)`` with one gather and one float conversion per batch. :class:`BatchLoader`, a
+``DataLoader`` with ``batch_size=None``, draws the dynamic binarization (one ``torch.bernoulli``
+per batch, from its own generator) and can save and restore its place in an epoch: it follows
+Lightning's stateful loader protocol (``state_dict``/``load_state_dict``), so a run resumed
+from a mid-epoch checkpoint continues with the batches the epoch had not yet seen, binarized as
+they would have been. The sampler subclasses ``DistributedSampler`` so that Lightning keeps it
 under DDP instead of injecting its own, and gets ``set_epoch`` calls.
 """
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,7 +44,11 @@ def fixed_binarization(images: Tensor, seed: int) -> Tensor:
 
 
 class BatchDataset(Dataset[tuple[Tensor, Tensor]]):
-    """uint8 images [N, C, H, W] and labels [N]; indexing with an index tensor gives a batch."""
+    """uint8 images [N, C, H, W] and labels [N]; indexing with an index tensor gives a batch.
+
+    With ``dynamic`` each batch is binarized with the global torch RNG (seeded per worker by
+    the ``DataLoader``); :class:`BatchLoader` binarizes itself instead, with its own generator.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, dynamic: bool) -> None:
         if images.dtype != torch.uint8 or len(images) != len(labels):
@@ -117,6 +126,14 @@ class ShardedBatchSampler(DistributedSampler):
             self.num_batches = math.ceil(self.per_rank / batch_size)
         if not shuffle:
             self._eval_batches = self._exact_cover()
+        #: the epoch of the pass being iterated (set when it starts)
+        self.pass_epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next pass of ``epoch`` (if it is that epoch) skip its first ``batches``."""
+        self.set_epoch(epoch)
+        self._resume = (epoch, batches)
 
     def _exact_cover(self) -> list[Tensor]:
         indices = torch.arange(self.rank, self.num_examples, self.num_replicas)
@@ -135,10 +152,15 @@ class ShardedBatchSampler(DistributedSampler):
         return list(torch.split(indices.to(self.device), sizes))
 
     def __iter__(self) -> Iterator[Tensor]:
+        self.pass_epoch = epoch = self.epoch
+        skip = 0
+        if self._resume is not None:
+            skip = self._resume[1] if self._resume[0] == epoch else 0
+            self._resume = None
         if not self.shuffle:
-            yield from self._eval_batches
+            yield from self._eval_batches[skip:]
             return
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         self.epoch += 1
         order = torch.randperm(self.num_examples, generator=generator)
         total = self.per_rank * self.num_replicas
@@ -146,7 +168,8 @@ class ShardedBatchSampler(DistributedSampler):
             repeats = math.ceil(total / self.num_examples)
             order = order.repeat(repeats)[:total]
         shard = order[self.rank : total : self.num_replicas].to(self.device)
-        for start in range(0, self.num_batches * self.batch_size, self.batch_size):
+        for start in range(skip * self.batch_size, self.num_batches * self.batch_size,
+                           self.batch_size):
             yield shard[start : start + self.batch_size]
 
     def __len__(self) -> int:
@@ -171,7 +194,7 @@ def batch_loader(
     world_size: int = 1,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A ``DataLoader`` yielding whole ``(x, y)`` batches of this rank's shard; it has a len()."""
+    """A :class:`BatchLoader` yielding whole ``(x, y)`` batches of this rank's shard."""
     if num_workers > 0 and images.device.type != "cpu":
         raise ValueError("num_workers > 0 needs the images on the CPU (worker processes)")
     sampler = ShardedBatchSampler(
@@ -184,11 +207,82 @@ def batch_loader(
         world_size=world_size,
         device=images.device,
     )
-    return DataLoader(
-        BatchDataset(images, labels, dynamic),
-        batch_size=None,
+    seed = derive_seed(seed, "binarize", "dynamic", rank) if dynamic else None
+    # keywords: Lightning rebuilds the loader from them (predict) and replaces the sampler
+    return BatchLoader(
+        BatchDataset(images, labels, False),
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=keep_batch,
-        persistent_workers=num_workers > 0,
+        binarize_seed=seed,
     )
+
+
+class BatchLoader(DataLoader):
+    """A ``DataLoader`` of whole batches that can save and restore its place in an epoch.
+
+    ``state_dict()`` holds the epoch of the current pass, the number of batches it has
+    delivered and the state of the binarization generator; ``load_state_dict()`` makes the
+    next pass of that epoch continue after those batches with the same draws. Lightning calls
+    both (its stateful loader protocol) when it saves and restores a checkpoint.
+
+    Args:
+        dataset: the split; it must not binarize itself (``dynamic=False``).
+        sampler: yields the index tensor of each batch.
+        num_workers: DataLoader worker processes (the batches are binarized in this process).
+        binarize_seed: seed of the dynamic binarization; None for fixed data.
+        **kwargs: further ``DataLoader`` arguments.
+    """
+
+    def __init__(
+        self,
+        dataset: BatchDataset,
+        sampler: ShardedBatchSampler | None = None,
+        num_workers: int = 0,
+        binarize_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # **kwargs: Lightning rebuilds a loader with a sampler of its own for predict
+        options = {"batch_size": None, "collate_fn": keep_batch} | kwargs
+        options.setdefault("persistent_workers", num_workers > 0)
+        super().__init__(dataset, sampler=sampler, num_workers=num_workers, **options)
+        self.binarize_seed = binarize_seed
+        self.binarizer: torch.Generator | None = None
+        if binarize_seed is not None:
+            self.binarizer = torch.Generator(dataset.images.device).manual_seed(binarize_seed)
+        self._delivered = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        self._delivered = 0
+        for x, y in super().__iter__():
+            if self.binarizer is not None:
+                x = torch.bernoulli(x, generator=self.binarizer)
+            self._delivered += 1
+            yield x, y
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current pass is: its epoch, batches delivered, binarization RNG state."""
+        sampler = self.sampler
+        assert isinstance(sampler, ShardedBatchSampler)
+        return {
+            "epoch": sampler.pass_epoch,
+            "batches": self._delivered,
+            "binarize_rng": None if self.binarizer is None else self.binarizer.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved epoch after its delivered batches, with the saved RNG state."""
+        sampler = self.sampler
+        assert isinstance(sampler, ShardedBatchSampler)
+        sampler.resume(int(state["epoch"]), int(state["batches"]))
+        rng = state.get("binarize_rng")
+        if self.binarizer is not None and rng is not None:
+            try:
+                self.binarizer.set_state(rng)
+            except (RuntimeError, TypeError, ValueError):
+                # saved on another device kind (a CUDA generator's state is not a CPU one's):
+                # the position is restored, the draws continue from this loader's own seed
+                warnings.warn(
+                    "resuming: the binarization stream of the checkpoint belongs to another "
+                    "device; its batches continue with fresh draws",
+                    stacklevel=2,
+                )

@@ -3,7 +3,10 @@
 Every candidate is verified against :data:`vae_zoo.data.checksums.CHECKSUMS` (SHA-256 of the
 decompressed content) before use. Fetched files are written into ``<data_dir>/<folder>/``
 atomically, so ``data_dir`` never holds a half-written file; valid local files are used in
-place, which is what makes a read-only ``data_dir`` work.
+place, which is what makes a read-only ``data_dir`` work. A damaged local file (wrong
+checksum, truncated) is named in a warning with its checksum mismatch and renamed to
+``<name>.corrupt``, so it is never used, never sits beside the verified copy that replaces it,
+and is not reported again.
 """
 
 import contextlib
@@ -31,6 +34,7 @@ from vae_zoo.data.checksums import (
     TEST_LABELS,
     TRAIN_IMAGES,
     TRAIN_LABELS,
+    ChecksumMismatchError,
     CorruptFileError,
     DatasetInfo,
     VerifiedFile,
@@ -80,6 +84,9 @@ class DataUnavailableError(VAEZooError):
         super().__init__("\n".join(lines))
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
 @dataclass
 class ScanResult:
     """What a search of some folders found: verified files, and what was wrong per file name."""
@@ -87,6 +94,8 @@ class ScanResult:
     found: dict[str, VerifiedFile] = field(default_factory=dict)
     problems: dict[str, list[str]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    #: files whose content is damaged (checksum mismatch), per file name
+    damaged: dict[str, list[ChecksumMismatchError]] = field(default_factory=dict)
 
     def reasons(self, where: str) -> list[str]:
         """Describe, one line each, why the files not found could not be used."""
@@ -145,6 +154,8 @@ def scan(
                     result.found[name] = verify_file(path, name, expected, update)
             except CorruptFileError as error:
                 result.problems.setdefault(name, []).append(str(error))
+                if isinstance(error, ChecksumMismatchError):
+                    result.damaged.setdefault(name, []).append(error)
                 continue
             if source:
                 result.found[name].source = source
@@ -306,25 +317,51 @@ def provision(
     folders = local_folders(info, root)
     local = scan(folders, table, progress)
     found = local.found
+    damaged = {
+        name: [(error, set_aside(error.path)) for error in errors]
+        for name, errors in local.damaged.items()
+    }
+    for name, errors in damaged.items():  # the reasons, should no verified copy turn up
+        reports = {str(error): damage_report(error, moved) for error, moved in errors}
+        local.problems[name] = [reports.get(p, p) for p in local.problems[name]]
     for name in found:
         for problem in local.problems.get(name, []):
+            if name not in damaged:  # unreadable (permissions...), left where it is
+                warnings.warn(f"ignored {problem}, using {found[name].path}", stacklevel=2)
+    if len(found) < len(table):
+        where = " or ".join(f"{folder}/" for folder in folders)
+        attempts = [(f"files under {root}", local.reasons(where))]
+        if not download:
+            attempts.append(("downloads", ["not tried: download=False (--no-download)"]))
+            raise DataUnavailableError(info, root, attempts)
+        _fetch_missing(dataset, table, found, root / info.folder, attempts, progress)
+    for name, errors in damaged.items():
+        for error, moved in errors:
             warnings.warn(
-                f"ignored a corrupt copy, using {found[name].path}: {problem}", stacklevel=2
+                f"{damage_report(error, moved)}; using the verified {found[name].path} "
+                f"(from {found[name].source})",
+                stacklevel=2,
             )
-    if len(found) == len(table):
-        return found
-    where = " or ".join(f"{folder}/" for folder in folders)
-    attempts = [(f"files under {root}", local.reasons(where))]
-    if not download:
-        attempts.append(("downloads", ["not tried: download=False (--no-download)"]))
-        raise DataUnavailableError(info, root, attempts)
+    return found
+
+
+def _fetch_missing(
+    dataset: str,
+    table: Mapping[str, str],
+    found: dict[str, VerifiedFile],
+    folder: Path,
+    attempts: list[tuple[str, list[str]]],
+    progress: bool,
+) -> None:
+    """Fill ``found`` from the network sources into ``folder``, or raise DataUnavailableError."""
+    info = dataset_info(dataset)
     for source, fetch in network_sources(dataset):
         missing = {name: sha for name, sha in table.items() if name not in found}
         log.info("%s: fetching %s via %s", info.title, ", ".join(missing), source)
         try:
             with tempfile.TemporaryDirectory(prefix="vae_zoo-") as tmp:
                 fetched = scan([fetch(dataset, Path(tmp))], missing, progress, source)
-                found.update(_install(fetched.found, root / info.folder))
+                found.update(_install(fetched.found, folder))
         except SourceError as error:
             attempts.append((source, [str(error)]))
             continue
@@ -332,6 +369,25 @@ def provision(
             attempts.append((source, [" ".join(f"{type(error).__name__}: {error}".split())]))
             continue
         if len(found) == len(table):
-            return found
+            return
         attempts.append((source, fetched.reasons("what it delivered")))
-    raise DataUnavailableError(info, root, attempts)
+    raise DataUnavailableError(info, folder.parent, attempts)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a damaged file to ``<name>.corrupt``; None when it cannot be (read-only folder)."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another process set it aside first
+        return target if target.exists() else None
+    except OSError:
+        return None
+    return target
+
+
+def damage_report(error: CorruptFileError, moved: Path | None) -> str:
+    """``<path>: sha256 mismatch ...`` and where the file went: the line users see."""
+    if moved is None:
+        return f"{error}; it could not be renamed (read-only?), remove or replace it"
+    return f"{error}; moved aside to {moved.name}"

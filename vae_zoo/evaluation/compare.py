@@ -28,6 +28,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vae_zoo import runs
+from vae_zoo.callbacks.images_per_second import METRIC as THROUGHPUT_METRIC
 from vae_zoo.errors import ConfigError, VAEZooError
 from vae_zoo.evaluation import figures
 from vae_zoo.evaluation.classifier import (
@@ -44,7 +46,6 @@ from vae_zoo.evaluation.loading import (
     resolve_device,
     unique_labels,
 )
-from vae_zoo.evaluation.throughput import METRIC as THROUGHPUT_METRIC
 from vae_zoo.metrics import ACTIVE_UNIT_THRESHOLD
 
 PROG = "python -m vae_zoo compare"
@@ -367,7 +368,7 @@ def training_throughput(run: LoadedRun) -> tuple[float | None, str | None]:
             # the first epoch includes warm-up (compilation, caches): leave it out when possible
             steady = values[1:] if len(values) > 1 else values
             return sum(steady) / len(steady), f"logged ({name})"
-    config = run.run_dir / "config.yaml" if run.run_dir else None
+    config = runs.config_file(run.run_dir)
     batch = run.data.get("batch_size")
     if config is None or not config.is_file() or not run.global_step or not batch:
         return None, None

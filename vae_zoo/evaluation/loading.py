@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
 from vae_zoo.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
 from vae_zoo.models import BaseVAE, variant_name
 from vae_zoo.models.base import class_of_checkpoint
-
-CHECKPOINT_NAMES = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
+from vae_zoo.runs import find_metrics_csv, read_checkpoint, read_config, resolve_checkpoint
 
 
 @dataclass
@@ -43,44 +41,6 @@ class LoadedRun:
     def dataset(self) -> str | None:
         """The data set named by the run's data settings (None when the run does not say)."""
         return self.data.get("dataset")
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, run folder or None) for a run folder or a .ckpt path."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist; give a run folder or a .ckpt file")
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return path / name, path
-        found = sorted(path.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError(
-                f"no checkpoint in {path} (looked for {', '.join(CHECKPOINT_NAMES)} and any "
-                "*.ckpt below it); train with `python -m vae_zoo fit` first"
-            )
-        return found[-1], path
-    if path.parent.name == "checkpoints":
-        return path, path.parent.parent
-    return path, path.parent if (path.parent / "config.yaml").is_file() else None
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The raw checkpoint dictionary, with a readable error for files that are not one."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unpickling failure means the same thing to the user
-        raise CheckpointMismatchError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointMismatchError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    if "hyper_parameters" not in ckpt:
-        raise CheckpointMismatchError(
-            f"{path} has no hyper_parameters, so it was not written by a vae_zoo model"
-        )
-    return ckpt
 
 
 def model_class(ckpt: dict[str, Any], path: Path) -> type[BaseVAE]:
@@ -109,17 +69,6 @@ def likelihood_name(model: BaseVAE) -> str:
     return type(lik).__name__.lower()
 
 
-def read_config(run_dir: Path | None) -> dict[str, Any]:
-    """The run's ``config.yaml`` as a dictionary ({} when there is none)."""
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return {}
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML: {err}") from None
-    return config if isinstance(config, dict) else {}
-
-
 def data_settings(config: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, Any]:
     """The data-module arguments of a run, from config.yaml or else from the checkpoint."""
     data = config.get("data")
@@ -127,16 +76,6 @@ def data_settings(config: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, Any
         return dict(data.get("init_args", data))
     hp = ckpt.get("datamodule_hyper_parameters")
     return dict(hp) if isinstance(hp, dict) else {}
-
-
-def find_metrics_csv(run_dir: Path | None) -> Path | None:
-    """The run's CSVLogger ``metrics.csv`` (the newest one below the run folder), or None."""
-    if run_dir is None:
-        return None
-    if (run_dir / "metrics.csv").is_file():
-        return run_dir / "metrics.csv"
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def read_metrics_csv(path: Path | None) -> dict[str, list[tuple[float, float]]]:
@@ -165,13 +104,20 @@ def _float(cell: str | None) -> float | None:
 def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedRun:
     """Load the model of a run folder or checkpoint, in eval mode on ``map_location``."""
     ckpt_path, run_dir = resolve_checkpoint(path)
-    ckpt = read_checkpoint(ckpt_path)
+    # trusted: checkpoints written without the CLI hold pickled network classes in their
+    # hyper-parameters, and this is a file the user named
+    ckpt = read_checkpoint(ckpt_path, trusted=True)
+    if "state_dict" not in ckpt:
+        raise CheckpointMismatchError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict)")
+    if "hyper_parameters" not in ckpt:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} has no hyper_parameters, so it was not written by a vae_zoo model"
+        )
     cls = model_class(ckpt, ckpt_path)
     try:
-        # Checkpoints written without the CLI hold pickled network classes in their
-        # hyper-parameters, which weights_only=True refuses; read_checkpoint has already
-        # unpickled this file in full. BaseVAE's override re-checks the class (done above)
-        # with weights_only=True, so Lightning's loader is called directly.
+        # read_checkpoint(trusted=True) has already unpickled this file in full. BaseVAE's
+        # override re-checks the class (done above) with weights_only=True, so Lightning's
+        # loader is called directly.
         model = super(BaseVAE, cls).load_from_checkpoint(
             ckpt_path, map_location=map_location, weights_only=False
         )

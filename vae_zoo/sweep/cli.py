@@ -114,7 +114,7 @@ def default_count(spec: SweepSpec) -> int:
 
 def default_out(spec: SweepSpec) -> Path:
     """``runs/sweeps/<name>/sweep_<N>`` with N one more than the highest existing one."""
-    from vae_zoo.cli.run_dir import RUNS_ROOT, next_version_dir
+    from vae_zoo.runs import RUNS_ROOT, next_version_dir
 
     return next_version_dir(RUNS_ROOT / "sweeps" / spec.name, prefix="sweep_")
 

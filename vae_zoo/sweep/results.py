@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vae_zoo.runs import find_metrics_csv
+
 RESULTS_FILE = "sweep_results.csv"
 
 
@@ -30,18 +32,6 @@ class RunRecord:
     def name(self) -> str:
         """``run_000``, ``run_001``, ... (also the run directory's name)."""
         return f"run_{self.index:03d}"
-
-
-def find_metrics_csv(run_dir: str | Path) -> Path | None:
-    """The newest ``metrics.csv`` at or below ``run_dir`` (CSVLogger may nest it in version_N/)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return None
-    direct = run_dir / "metrics.csv"
-    if direct.is_file():
-        return direct
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def read_history(path: str | Path, metric: str) -> list[float]:

@@ -1,16 +1,15 @@
-"""Training callbacks: image grids of reconstructions and samples, and a checkpoint on interrupt."""
+"""Image grids of reconstructions and prior samples, saved as PNG and sent to the loggers."""
 
 import contextlib
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -132,46 +131,19 @@ def _full_parameters(trainer: L.Trainer) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def to_uint8_hwc(grid: Tensor) -> np.ndarray:
+    """A [C, H, W] grid in [0, 1] as the uint8 [H, W, C] array a PNG of it holds.
+
+    Rounded as ``torchvision.utils.save_image`` rounds, so the logged image equals the local PNG.
+    """
+    pixels = grid.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 0).numpy()
+
+
 def _log_image(logger: Any, key: str, grid: Tensor, step: int) -> None:
     """Send one image to a logger that can take images; others are skipped."""
     if hasattr(logger, "log_image"):
-        logger.log_image(key=key, images=[grid], step=step)
+        # W&B (0.31) casts a float array with astype(uint8): [0, 1] floats become all black.
+        logger.log_image(key=key, images=[to_uint8_hwc(grid)], step=step)
     elif hasattr(getattr(logger, "experiment", None), "add_image"):
-        logger.experiment.add_image(key, grid, step)
-
-
-class InterruptCheckpoint(Callback):
-    """On Ctrl-C or SIGTERM during ``fit``, save ``<dirpath>/last.ckpt`` to resume from.
-
-    Lightning stops a SIGTERM-ed run after the current batch and a Ctrl-C-ed one at once;
-    both reach ``on_exception``. Other exceptions (e.g. a NaN loss) leave the last good
-    ``last.ckpt`` alone. Lightning writes checkpoints to a temporary file first and moves it
-    into place, so a kill during the save leaves the previous file intact.
-
-    Args:
-        dirpath: the checkpoint folder (the CLI sets ``<run_dir>/checkpoints``).
-        filename: file name without ``.ckpt``.
-    """
-
-    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
-        self.dirpath = Path(dirpath)
-        self.filename = filename
-
-    @property
-    def ckpt_path(self) -> Path:
-        """Where the checkpoint is written."""
-        return self.dirpath / f"{self.filename}.ckpt"
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        """Save a checkpoint when the run was interrupted rather than failed."""
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            return
-        if trainer.state.fn != TrainerFn.FITTING:
-            return
-        trainer.save_checkpoint(self.ckpt_path)
-        rank_zero_info(
-            f"interrupted at global step {trainer.global_step}; saved {self.ckpt_path} "
-            "(resume with --ckpt_path last)"
-        )
+        logger.experiment.add_image(key, grid, step)  # TensorBoard takes [0, 1] floats

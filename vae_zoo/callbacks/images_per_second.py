@@ -1,4 +1,4 @@
-"""Training throughput: a callback that logs ``train/images_per_sec`` once per epoch.
+"""Training throughput: ``train/images_per_sec`` once per epoch (on in every CLI ``fit``).
 
 The clock runs from the start of an epoch's first training batch to the end of its last one,
 so the validation that follows the epoch is not counted (data loading between batches is).
