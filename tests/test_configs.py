@@ -13,8 +13,14 @@ from vae_zoo.cli.run_dir import RUN_DIR_ENV
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in ("vae", "beta_vae", "cvae")]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
-# logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
-TESTED_ELSEWHERE = [("logger", "wandb")]
+# logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline;
+# the VQ-VAE's experiments and model piece run in tests/test_vq_vae.py
+TESTED_ELSEWHERE = [
+    ("logger", "wandb"),
+    ("mnist", "vq_vae"),
+    ("fashion_mnist", "vq_vae"),
+    ("model", "vq_vae"),
+]
 
 @pytest.fixture
 def workdir(
