@@ -380,7 +380,7 @@ def _columns(path: Path) -> set[str]:
     return {k for row in _rows(path) for k, v in row.items() if v}
 
 
-def test_fit_test_predict_compare_and_sample_through_the_cli(
+def test_fit_validate_test_predict_compare_and_sample_through_the_cli(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     args = ["--config", config("mnist", "vq_vae"), *TINY, "--trainer.log_every_n_steps=1"]
@@ -394,6 +394,10 @@ def test_fit_test_predict_compare_and_sample_through_the_cli(
     assert not logged & absent
     ckpt = RUN / "checkpoints" / "best.ckpt"
     assert type(BaseVAE.load_from_checkpoint(ckpt)) is VQVAE
+
+    assert run("validate", "--ckpt_path", str(ckpt), *TINY) == 0
+    (val_row,) = [r for r in _rows(RUN / "validate" / "metrics.csv") if r.get("val/nll")]
+    assert "val/dead_codes" in val_row and not val_row.get("val/kl")
 
     assert run("test", "--ckpt_path", str(ckpt), *TINY) == 0
     (test_row,) = [r for r in _rows(RUN / "test" / "metrics.csv") if r.get("test/nll")]
