@@ -382,8 +382,9 @@ class VQVAE(BaseVAE):
     @property
     def objective(self) -> str:  # type: ignore[override]
         """What is minimised, for tables (no ELBO: the bound is reported as the NLL)."""
-        how = "EMA codebook" if self.codebook_mode == "ema" else "codebook by its loss"
-        return f"-log p(x|z_q) + ||sg[z_e]-e||^2 + {self.beta:g}*||z_e-sg[e]||^2 ({how})"
+        how = "EMA" if self.codebook_mode == "ema" else "loss-trained"
+        # no '|' in it: it goes into markdown table cells
+        return f"-recon + codebook + commitment (beta {self.beta:g}, {how} codebook; no KL)"
 
     @property
     def num_positions(self) -> int:
