@@ -324,6 +324,14 @@ def test_bad_settings_are_config_errors(kwargs: dict, match: str) -> None:
         small(**kwargs)
 
 
+def test_the_settings_are_saved_for_loading() -> None:
+    model = small(num_codes=7, codebook="loss", beta=0.5, decay=0.9, restart_below=0.0)
+    saved = {k: model.hparams[k] for k in ("num_codes", "codebook", "beta", "decay",
+                                           "restart_below")}
+    assert saved == {"num_codes": 7, "codebook": "loss", "beta": 0.5, "decay": 0.9,
+                     "restart_below": 0.0}
+
+
 def test_a_kl_schedule_is_refused() -> None:
     from vae_zoo.schedules import LinearWarmup
 
