@@ -12,7 +12,7 @@ from PIL import Image
 from vae_zoo.runs import RUN_DIR_ENV
 
 V0_VARIANTS = ("vae", "beta_vae", "cvae")  # the experiments that were flat files before
-VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae")
+VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae", "vq_vae")
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
@@ -88,7 +88,9 @@ def test_experiment_settings(dataset: str, variant: str) -> None:
     cfg = resolved("--config", f"{dataset}/{variant}")
     init = cfg["model"]["init_args"]
     assert cfg["data"]["dataset"] == dataset
-    assert init["latent_dim"] == 32 and cfg["data"]["batch_size"] == 128 and init["lr"] == 1e-3
+    # every experiment has the same data, optimiser and budget; the latent is the variant's own
+    assert init["latent_dim"] == (16 if variant == "vq_vae" else 32)
+    assert cfg["data"]["batch_size"] == 128 and init["lr"] == 1e-3
     assert cfg["trainer"]["max_epochs"] == 90
     likelihood = init["likelihood"]["class_path"].rpartition(".")[2]
     if dataset == "mnist":

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import Metric
 from trainers import quiet_trainer
 
 from vae_zoo.metrics import ActiveUnits, KLPerDim, SplitMetrics, TermMeans
@@ -236,6 +237,51 @@ def test_metrics_that_do_not_apply_are_absent() -> None:
     metrics.update({"loss": torch.ones(4)})  # no KL per dimension, no continuous latent
     assert metrics.compute() == {"loss": 1.0}
     assert metrics.kl_per_dim() is None and metrics.mu_variance() is None
+
+
+class _Largest(Metric):
+    """The largest value seen (a state reduced by max across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("value", torch.tensor(-math.inf), dist_reduce_fx="max")
+
+    def update(self, value: Tensor) -> None:
+        self.value = torch.maximum(self.value, value)
+
+    def compute(self) -> Tensor:
+        return self.value
+
+
+class _Total(_Largest):
+    """The sum of the values seen."""
+
+    def __init__(self) -> None:
+        Metric.__init__(self)
+        self.add_state("value", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor) -> None:
+        self.value += value
+
+
+def test_a_variants_own_metric_spans_the_split_merges_across_ranks_and_resets() -> None:
+    ranks = [SplitMetrics(), SplitMetrics()]
+    for i, value in enumerate([1.0, 5.0, 2.0]):
+        metrics = ranks[i % 2]
+        metrics.update({"loss": torch.zeros(2)})
+        metrics.update_metric("largest", _Largest, torch.tensor(value))
+        metrics.update_metric("total", _Total, torch.tensor(value))
+    assert ranks[1].compute() == {"loss": 0.0, "largest": 5.0, "total": 5.0}
+    for name in ("largest", "total"):  # what a distributed sync does
+        ranks[0].extra[name].merge_state(ranks[1].extra[name])
+    assert ranks[0].compute() == {"loss": 0.0, "largest": 5.0, "total": 8.0}
+    ranks[0].reset()
+    assert ranks[0].compute() == {}
+    with pytest.raises(ValueError, match="name of a term"):
+        ranks[1].update_metric("loss", _Total, torch.tensor(1.0))
+        ranks[1].compute()
 
 
 class _LabelledData(L.LightningDataModule):

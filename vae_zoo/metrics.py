@@ -8,9 +8,11 @@ several batches, equal the value of one pass over all the examples.
 * :class:`KLPerDim`: the mean KL of each latent dimension (when the KL factorises over them);
 * :class:`ActiveUnits`: latent units whose posterior mean varies over the data (continuous
   latents only);
-* :class:`SplitMetrics`: the three for one split, each present only where it applies.
+* :class:`SplitMetrics`: the three for one split, each present only where it applies, plus any
+  metric of a variant's own (:meth:`SplitMetrics.update_metric`, e.g. the VQ-VAE's dead codes).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -159,6 +161,7 @@ class SplitMetrics(nn.Module):
         # created at the first batch that has them, on that batch's device
         self.kl_dim: KLPerDim | None = None
         self.active: ActiveUnits | None = None
+        self.extra = nn.ModuleDict()  # a variant's own metrics, by name (update_metric)
 
     def update(
         self,
@@ -179,6 +182,18 @@ class SplitMetrics(nn.Module):
                 self.active = ActiveUnits(dim, self.active_threshold).to(latent_mean.device)
             self.active.update(latent_mean.reshape(latent_mean.shape[0], -1))
 
+    def update_metric(self, name: str, make: Callable[[], Metric], *args: Tensor) -> None:
+        """Add a batch to a variant's own metric ``name``, a scalar over the whole split.
+
+        For what a per-example mean cannot give (the number of codes no example used): ``make()``
+        builds the metric at its first batch, on the device of ``args[0]``; ``update(*args)``
+        adds the batch; :meth:`compute` reports ``compute()`` under ``name``. Its states are
+        synchronised across ranks by torchmetrics like every other metric here.
+        """
+        if name not in self.extra:
+            self.extra[name] = make().to(args[0].device)
+        self.extra[name].update(*args)
+
     def compute(self) -> dict[str, float]:
         """Every scalar metric of the split as a float, keyed by its bare name."""
         if not self.terms.update_count:
@@ -188,6 +203,11 @@ class SplitMetrics(nn.Module):
             out["kl_dim_max"] = float(self.kl_dim.compute())
         if self.active is not None and self.active.update_count:
             out["active_units"] = float(self.active.compute())
+        for name, metric in self.extra.items():
+            if name in out:
+                raise ValueError(f"the metric {name!r} has the name of a term or metric")
+            if metric.update_count:
+                out[name] = float(metric.compute())
         return out
 
     def kl_per_dim(self) -> list[float] | None:
@@ -201,6 +221,6 @@ class SplitMetrics(nn.Module):
     def reset(self) -> None:
         """Forget everything accumulated, ready for another pass."""
         self.terms.reset()
-        for metric in (self.kl_dim, self.active):
+        for metric in (self.kl_dim, self.active, *self.extra.values()):
             if metric is not None:
                 metric.reset()

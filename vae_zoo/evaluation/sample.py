@@ -106,5 +106,6 @@ def sample_grid(args: argparse.Namespace) -> Path:
         layout = f"{args.n} samples, {nrow} per row"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float().cpu(), out, nrow=nrow, padding=2, pad_value=1.0)
-    print(f"{run.variant} from {run.ckpt_path}: {layout}", file=sys.stderr)
+    print(f"{run.variant} from {run.ckpt_path}: {layout}; z ~ {model.prior_description}",
+          file=sys.stderr)
     return out

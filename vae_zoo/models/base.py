@@ -133,6 +133,8 @@ class BaseVAE(L.LightningModule):
     objective = "ELBO"
     #: compare draws latent traversals of the highest-KL units (disentangling variants)
     show_traversals = False
+    #: what ``sample`` draws z from, for the ``sample`` command's output line
+    prior_description = "the prior p(z)"
 
     def __init__(
         self,
@@ -419,7 +421,8 @@ class BaseVAE(L.LightningModule):
         self.train_terms.update(terms, batch)
         if self._logs_this_step():
             logged = {f"train/{k}": v.detach().mean() for k, v in terms.items()}
-            logged["train/kl_weight"] = self.kl_weight
+            if "kl" in terms:  # a model without a KL term (VQ-VAE) has no KL weight to show
+                logged["train/kl_weight"] = self.kl_weight
             logged.update({f"train/{k}": v for k, v in scalars.items()})
             self.log_dict(logged)
         return loss
