@@ -20,3 +20,15 @@ def binary_batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3))
     y = torch.arange(8, dtype=torch.long) % 10
     return x, y
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb():
+    """W&B keeps process-wide state (its settings, a service process) between runs in one
+    process: end it after a test that used W&B, so the next one starts as a new process would."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and hasattr(wandb, "teardown"):
+        wandb.teardown()

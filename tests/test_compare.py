@@ -263,3 +263,15 @@ def test_throughput_falls_back_to_file_times(tmp_path: Path) -> None:
     run.metrics_csv = tmp_path / "metrics.csv"
     run.metrics_csv.write_text("epoch,step,train/images_per_sec\n0,4,50.0\n1,9,70.0\n2,14,90.0\n")
     assert training_throughput(run) == (80.0, "logged (train/images_per_sec)")
+
+
+def test_markdown_cells_escape_the_pipe_and_align_text_left() -> None:
+    from vae_zoo.evaluation.compare import MD_COLUMNS, markdown_table
+
+    row = {"run": "b", "variant": "beta_vae", "objective": "-(recon - 10*|KL - C|)", "nll": 90.0}
+    header, rule, line = markdown_table([row]).splitlines()
+    assert "p(x\\|z)" in header
+    assert "-(recon - 10*\\|KL - C\\|)" in line
+    # as many cells as columns: no pipe split a cell
+    assert len(line.replace("\\|", "").split("|")) == len(MD_COLUMNS) + 2
+    assert rule.split("|")[1:4] == ["---", "---", "---"] and "--:" in rule

@@ -256,3 +256,16 @@ def test_setup_without_a_data_module_checks_nothing() -> None:
     model.setup("fit")  # no trainer: nothing to check against, no error
     with pytest.raises(ConfigError):
         VAE(**{**SMALL, "latent_dim": 0})
+
+
+def test_the_variants_command_lists_every_registered_variant_once(capsys) -> None:
+    from vae_zoo.cli import main
+
+    assert main(["variants", "--import", "variant_batch_z"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(list_models())
+    by_name = {line.split()[0]: line for line in lines}
+    assert "ZCenteredVAE" in by_name["zcentered_vae"] and "--config" not in by_name["zcentered_vae"]
+    assert "(--config mnist/vae, fashion_mnist/vae)" in by_name["vae"]
+    assert main(["variants", "--import", "no_such_module_here"]) == 2
+    assert "no_such_module_here" in capsys.readouterr().err

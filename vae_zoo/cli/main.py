@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
         "vae_zoo.evaluation.classifier",
         "train and cache the CNN classifier behind compare's cond_acc/recon_acc",
     ),
+    "variants": ("vae_zoo.cli.variants", "list the registered variants, one line each"),
     "configs": ("vae_zoo.cli.configs:list_main", "list the shipped configs and sweeps or show one"),
     "init": ("vae_zoo.cli.configs:init_main", "copy the shipped configs and sweeps to DIR to edit"),
 }
@@ -47,7 +48,7 @@ def help_text() -> str:
     lines = [
         f"usage: {PROG} <command> [options]",
         "",
-        "VAE, beta-VAE and conditional VAE experiments on MNIST and Fashion-MNIST.",
+        "Variational autoencoder experiments on MNIST and Fashion-MNIST (`variants` lists them).",
         "",
         "commands:",
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),

@@ -102,6 +102,7 @@ def training_help(command: str) -> str:
         "more:",
         *_table([
             (f"{PROG} {command} --help {FULL}", "every option (LightningCLI's help)"),
+            (f"{PROG} variants", "every registered variant, one line each"),
             (f"{PROG} configs", "the shipped configs and sweeps"),
             (f"{PROG} {command} --config mnist/vae --print_config", "all settings of one run"),
         ]),

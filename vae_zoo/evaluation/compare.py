@@ -390,15 +390,21 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a GitHub markdown table."""
     lines = [
-        "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |",
-        "|" + "|".join("---" if i < 4 else "--:" for i in range(len(MD_COLUMNS))) + "|",
+        "| " + " | ".join(_cell(h) for _, h, _ in MD_COLUMNS) + " |",
+        # text columns left, numbers right
+        "|" + "|".join("---" if f == "{}" else "--:" for _, _, f in MD_COLUMNS) + "|",
     ]
     for row in rows:
         cells = [_fmt(row.get(c), f) for c, _, f in MD_COLUMNS]
         if row.get("nll_is_bound") and row.get("nll") is not None:
             cells[[c for c, _, _ in MD_COLUMNS].index("nll")] += " (bound)"
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """A markdown table cell: a literal | (as in p(x|z) or |KL - C|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def markdown(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from vae_zoo.models.registry import register_model
 
 @register_model("beta_vae")
 class BetaVAE(BaseVAE):
-    """beta-VAE.
+    """beta-VAE: the KL weighted by beta (Higgins et al. 2017) or held to a capacity C(t).
 
     With ``gamma=None``: loss = -(recon - beta * w * kl) (Higgins et al.; w is the KL-schedule
     weight, 1 by default). With ``gamma`` set: loss = -(recon - gamma * |KL - C(t)|), the

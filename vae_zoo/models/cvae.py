@@ -15,7 +15,7 @@ from vae_zoo.models.registry import register_model
 
 @register_model("cvae")
 class ConditionalVAE(BaseVAE):
-    """Conditional VAE; labels are turned into one-hot conditions fed to encoder and decoder.
+    """Conditional VAE (Sohn et al. 2015): q(z|x,y) and p(x|z,y) with one-hot labels y.
 
     ``prior="standard"`` keeps p(z|c) = N(0, I); ``prior="learned"`` learns a Gaussian
     p(z|c) = N(m_c, diag(exp(s_c))) per class, initialised at N(0, I). ``c`` may be given as

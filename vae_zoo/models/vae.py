@@ -6,4 +6,4 @@ from vae_zoo.models.registry import register_model
 
 @register_model("vae")
 class VAE(BaseVAE):
-    """Variational autoencoder with the plain ELBO objective; all machinery lives in BaseVAE."""
+    """The VAE (Kingma & Welling 2014): the plain ELBO; all machinery lives in BaseVAE."""
