@@ -98,14 +98,13 @@ def mmd_to_prior(
 ) -> Tensor:
     """MMD^2_u between a batch of codes z [B, D] ~ q(z) and B fresh draws of the prior: a scalar.
 
-    Computed in float32 with autocast off: the kernel differences of nearby codes cancel, and
-    in bfloat16 (8 bits of mantissa) they would be rounding noise. The prior draws carry no
-    gradient (the prior has no parameters in the models that use this).
+    Computed in float32 (float64 codes stay float64) with autocast off: the kernel differences
+    of nearby codes cancel, and in bfloat16 (8 bits of mantissa) they would be rounding noise.
+    The prior draws carry no gradient (the prior has no parameters in the models using this).
     """
     n = z.shape[0]
     with torch.no_grad():
         y = prior.sample(() if len(prior.batch_shape) else (n,))
+    dtype = torch.promote_types(z.dtype, torch.float32)  # float32, or float64 if given
     with torch.autocast(device_type=z.device.type, enabled=False):
-        return mmd_unbiased(
-            z.float(), y.to(z.device, torch.float32), kernel, scales, prior_variance
-        )
+        return mmd_unbiased(z.to(dtype), y.to(z.device, dtype), kernel, scales, prior_variance)
