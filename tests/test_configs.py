@@ -10,7 +10,10 @@ from PIL import Image
 
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
 
-EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in ("vae", "beta_vae", "cvae")]
+VARIANTS = ("vae", "beta_vae", "cvae", "info_vae", "wae", "beta_tcvae")
+EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
+# configs/model/<name>.yaml: only the model section that differs from the MLP VAE
+MODEL_PIECES = [("model", v) for v in ("info_vae", "wae", "beta_tcvae")]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
 # logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
@@ -27,7 +30,7 @@ def workdir(
 
 def test_every_config_file_is_tested_here() -> None:
     shipped = {p.relative_to(CONFIGS).with_suffix("").parts for p in CONFIGS.rglob("*.yaml")}
-    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE)
+    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE + MODEL_PIECES)
     assert shipped == tested
 
 
@@ -75,6 +78,20 @@ def test_accelerator_piece_parses(capsys: pytest.CaptureFixture, kind: str, name
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
     piece = yaml.safe_load(Path(config(kind, name)).read_text())["trainer"]
     assert contains(printed, piece)
+
+
+@pytest.mark.parametrize(("kind", "name"), MODEL_PIECES)
+def test_model_piece_after_the_vae_is_the_experiment(
+    capsys: pytest.CaptureFixture, kind: str, name: str
+) -> None:
+    piece = yaml.safe_load(Path(config(kind, name)).read_text())
+    assert set(piece) == {"model"} and set(piece["model"]) == {"class_path", "init_args"}
+    for dataset in ("mnist", "fashion_mnist"):
+        args = ["--config", config(dataset, "vae"), "--config", config(kind, name)]
+        assert run("fit", *args, "--print_config") == 0
+        composed = yaml.safe_load(capsys.readouterr().out)
+        assert run("fit", "--config", config(dataset, name), "--print_config") == 0
+        assert composed == yaml.safe_load(capsys.readouterr().out)
 
 
 def contains(full: object, part: object) -> bool:
