@@ -34,6 +34,8 @@ REQUIRED = {
     "beta_vae_fashion_mnist.yaml": "grid",
     "vae_mnist_bayes.yaml": "bayes",
     "cvae_mnist_random.yaml": "random",
+    "info_vae_mnist.yaml": "grid",
+    "beta_tcvae_mnist.yaml": "grid",
 }
 
 
