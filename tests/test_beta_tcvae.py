@@ -311,7 +311,7 @@ def test_beta_tcvae_end_to_end(tmp_path, monkeypatch, tmp_path_factory) -> None:
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     row, table = check_end_to_end(tmp_path, "beta_tcvae",
                                   terms=("mi", "tc", "dim_kl", "elbo", "kl"))
-    assert row["objective"] == "-(recon - 1*MI - 6*TC - 1*dimKL) (mws)"
+    assert row["objective"] == "-(recon - 1*MI - 6*TC - 1*dimKL) (mss)"
     assert row["nll"] is not None and math.isfinite(row["tc"])
     assert (tmp_path / "compare" / "traversals_version_0.png").is_file()
     ckpt = torch.load("runs/mnist/beta_tcvae/version_0/checkpoints/last.ckpt",
@@ -321,8 +321,8 @@ def test_beta_tcvae_end_to_end(tmp_path, monkeypatch, tmp_path_factory) -> None:
     assert int(loaded.dataset_size) == N_TRAIN - VAL_SIZE
 
 
-def test_stratified_estimator_trains_through_the_cli(tmp_path, monkeypatch,
-                                                     tmp_path_factory) -> None:
+def test_weighted_estimator_trains_through_the_cli(tmp_path, monkeypatch,
+                                                  tmp_path_factory) -> None:
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     assert run("fit", "--config", config("mnist", "beta_tcvae"), *TINY,
-               "--model.init_args.estimator=mss") == 0
+               "--model.init_args.estimator=mws") == 0
