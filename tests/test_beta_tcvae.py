@@ -10,7 +10,7 @@ import pytest
 import torch
 from cli_support import N_TRAIN, TINY, VAL_SIZE, config, enter_workdir, run
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
-from variant_cli import check_end_to_end
+from variant_cli import check_bf16_mixed, check_end_to_end
 
 from vae_zoo.distributions import DiagNormal, StandardNormal
 from vae_zoo.errors import ConfigError
@@ -326,3 +326,8 @@ def test_weighted_estimator_trains_through_the_cli(tmp_path, monkeypatch,
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     assert run("fit", "--config", config("mnist", "beta_tcvae"), *TINY,
                "--model.init_args.estimator=mws") == 0
+
+
+def test_beta_tcvae_trains_under_bf16_mixed(tmp_path, monkeypatch, tmp_path_factory) -> None:
+    enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
+    check_bf16_mixed("beta_tcvae", ("mi", "tc", "dim_kl"))

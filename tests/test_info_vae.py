@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_support import enter_workdir
 from test_kernels import naive_mmd
-from variant_cli import check_end_to_end
+from variant_cli import check_bf16_mixed, check_end_to_end
 
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import VAE, InfoVAE
@@ -104,3 +104,8 @@ def test_info_vae_end_to_end(tmp_path, monkeypatch, tmp_path_factory) -> None:
     assert math.isfinite(row["mmd"]) and row["nll"] is not None and row["kl"] > 0
     assert "mmd" in table
 
+
+
+def test_info_vae_trains_under_bf16_mixed(tmp_path, monkeypatch, tmp_path_factory) -> None:
+    enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
+    check_bf16_mixed("info_vae", ("mmd", "elbo"))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from cli_support import enter_workdir
 from test_kernels import naive_mmd
-from variant_cli import check_end_to_end
+from variant_cli import check_bf16_mixed, check_end_to_end
 
 from vae_zoo.distributions import PointMass
 from vae_zoo.errors import ConfigError
@@ -152,3 +152,8 @@ def test_wae_end_to_end_gaussian(tmp_path, monkeypatch, tmp_path_factory) -> Non
     )
     assert row["nll"] is not None and row["elbo"] is not None and row["kl"] > 0
     assert "not an ELBO" in row["objective"]
+
+
+def test_wae_trains_under_bf16_mixed(tmp_path, monkeypatch, tmp_path_factory) -> None:
+    enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
+    check_bf16_mixed("wae", ("mmd", "cost"))

@@ -4,11 +4,12 @@ Shared by the tests of the InfoVAE, WAE and beta-TCVAE variants. :func:`check_en
 runs every command on the tiny IDX data of ``cli_support`` (call ``enter_workdir`` first)
 and returns the variant's ``compare`` row and table; :class:`CheckRestored` checks, at the start
 of a resumed fit, that the model (parameters and buffers) and every optimizer state equal the
-checkpoint's.
+checkpoint's; :func:`check_bf16_mixed` fits under bf16-mixed autocast.
 """
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,14 @@ def check_end_to_end(
     assert sample.main([str(run_dir), "--n", "8", "--out", str(png), "--device", "cpu"]) == 0
     assert png.is_file()
     return row, (out / "comparison.md").read_text()
+
+
+def check_bf16_mixed(name: str, terms: tuple[str, ...], dataset: str = "mnist") -> None:
+    """Fit ``name`` under bf16-mixed autocast on the CPU: every logged train/val term finite."""
+    args = ["--config", config(dataset, name), "--config", config("trainer", "cpu"),
+            "--config", config("trainer", "bf16-mixed"), *TINY, "--trainer.log_every_n_steps=1"]
+    assert run("fit", *args) == 0
+    columns = logged(Path("runs", dataset, name, "version_0", "metrics.csv"))
+    for term in ("loss", *terms):
+        for key in (f"train/{term}", f"val/{term}"):
+            assert key in columns and all(math.isfinite(float(v)) for v in columns[key]), key
