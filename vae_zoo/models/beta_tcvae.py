@@ -37,11 +37,15 @@ sums give log-estimates biased low (Jensen's inequality; ~0.02 nats per term in 
 MWS, the latent units that carry no information (q(z_d|x) ~ p(z_d) for every x, most of the 32
 in an MNIST model) each add about log N to tc and take it from dim_kl, so the logged terms
 are offsets, not measurements (a 2-epoch MNIST run: MWS tc = 339 nats, about 31 log 55000,
-where MSS gives tc = 0.0 for the same model and 5.6 for a VAE). Whatever the estimator, the
-three telescope: mi + tc + dim_kl = mean_i [log q(z_i|x_i) - log p(z_i)], the one-
-sample Monte-Carlo KL, whose expectation is the exact mean KL. So with alpha = beta = gamma = 1
-the loss equals the VAE's in expectation. ``kl`` (closed form) and ``elbo`` are reported as in
-base.py; ``loss``, ``elbo``, ``recon``, ``kl`` are per example [B].
+where MSS gives tc = 0.0 for the same model and 5.6 for a VAE). Because the gap depends on B,
+compare mi/tc/dim_kl only at one evaluation batch size (``data.eval_batch_size`` for val/test,
+``compare --batch-size``): a 2-epoch model's MSS tc was -0.65 on batches of 500 and -1.7 on
+batches of 100 (the stratified estimate is biased low, and beta > 1 pushes on that bias).
+
+Whatever the estimator, the three telescope: mi + tc + dim_kl = mean_i [log q(z_i|x_i) -
+log p(z_i)], the one-sample Monte-Carlo KL, whose expectation is the exact mean KL. So with
+alpha = beta = gamma = 1 the loss equals the VAE's in expectation. ``kl`` (closed form) and
+``elbo`` are reported as in base.py; ``loss``, ``elbo``, ``recon``, ``kl`` are per example [B].
 
 N, the number of training examples: ``dataset_size`` if set, else read at ``setup`` from the
 trainer's data module (its ``train_indices``: all training examples, not one rank's shard). It
