@@ -12,7 +12,7 @@ from PIL import Image
 from vae_zoo.runs import RUN_DIR_ENV
 
 V0_VARIANTS = ("vae", "beta_vae", "cvae")  # the experiments that were flat files before
-VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae", "vq_vae")
+VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae", "vq_vae", "info_vae", "wae", "beta_tcvae")
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]

@@ -170,7 +170,7 @@ def test_fit_resume_and_every_command(tmp_path, monkeypatch, tmp_path_factory) -
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     fitted = fit_and_resume("dip_vae", "--model.init_args.dip_type=ii")
     assert fitted.ckpt["hyper_parameters"]["dip_type"] == "ii"
-    row = evaluate_everywhere(fitted.run_dir, ("dip_penalty", "dip_offdiag", "dip_diag"))
+    row, _ = evaluate_everywhere(fitted.run_dir, ("dip_penalty", "dip_offdiag", "dip_diag"))
     assert row["objective"] == "-ELBO + DIP-II penalty (lambda_od=10, lambda_d=10)"
     # compare draws latent traversals for this variant
     assert list((fitted.run_dir.parent / "compare").glob("traversals_*.png"))

@@ -231,7 +231,7 @@ def test_fit_resume_and_every_command(tmp_path, monkeypatch, tmp_path_factory) -
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     fitted = fit_and_resume("iwae", "--model.init_args.k=3")
     assert fitted.ckpt["hyper_parameters"]["k"] == 3
-    row = evaluate_everywhere(fitted.run_dir, ("iw_bound",))
+    row, _ = evaluate_everywhere(fitted.run_dir, ("iw_bound",))
     assert row["objective"] == "-L_k, IW bound k=3"
     assert row["iw_bound"] >= row["elbo"] - 5.0  # k=3 samples on 20 images: tighter or close
 

@@ -36,6 +36,8 @@ REQUIRED = {
     "vae_mnist_bayes.yaml": "bayes",
     "cvae_mnist_random.yaml": "random",
     "iwae_mnist.yaml": "grid",
+    "info_vae_mnist.yaml": "grid",
+    "beta_tcvae_mnist.yaml": "grid",
 }
 
 

@@ -234,7 +234,7 @@ def test_pseudo_inputs_survive_a_resume_and_every_command_runs(
     assert torch.equal(fitted.resumed.state["pseudo_logits"], saved)
     adam = fitted.ckpt["optimizer_states"][0]["state"]
     assert any(s["exp_avg"].shape == saved.shape for s in adam.values())  # its Adam moments too
-    row = evaluate_everywhere(fitted.run_dir, ())
+    row, _ = evaluate_everywhere(fitted.run_dir, ())
     assert row["nll"] is not None and row.get("kl_dim_max") is None  # MC KL: no per-dim KL
     assert row["objective"].startswith("-ELBO, VampPrior K=7")
 

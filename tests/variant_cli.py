@@ -1,14 +1,18 @@
-"""End-to-end checks of one variant through the CLI on the tiny data: fit, resume, evaluate.
+"""A variant end to end through the CLI on the tiny data: fit, resume, evaluate, compare, sample.
 
-``fit_and_resume`` trains a shipped experiment for 2 steps, resumes it from ``--ckpt_path last``
-for 2 more, and checks that the resumed run starts from exactly the checkpoint's state: the
-global step, every tensor of the model's ``state_dict`` (buffers and parameters such as
-pseudo-inputs), and every optimizer's state (Adam's moments and step counts).
+:func:`fit_and_resume` trains a shipped experiment for 2 steps, resumes it from
+``--ckpt_path last`` for 2 more, and checks that the resumed run starts from exactly the
+checkpoint's state: the global step, every tensor of the model's ``state_dict`` (buffers and
+parameters such as pseudo-inputs), and every optimizer's state (Adam's moments and step
+counts). :func:`evaluate_everywhere` runs validate, test, predict, compare and sample on the run
+and checks which terms are logged where; :func:`check_end_to_end` is the two in one, and
+:func:`check_bf16_mixed` fits under bf16-mixed autocast. Call ``enter_workdir`` first.
 """
 
 import copy
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,12 +72,12 @@ class Resumed:
         return [k for k, v in self.ckpt["state_dict"].items() if not torch.equal(v, initial[k])]
 
 
-def fit_and_resume(variant: str, *extra: str) -> Resumed:
-    """Fit ``configs/mnist/<variant>.yaml`` 2 steps, resume to 4, check the restored state."""
-    args = ["--config", config("mnist", variant), *TINY, "--trainer.log_every_n_steps=1", *extra]
+def fit_and_resume(variant: str, *extra: str, dataset: str = "mnist") -> Resumed:
+    """Fit ``configs/<dataset>/<variant>.yaml`` 2 steps, resume to 4, check the restored state."""
+    args = ["--config", config(dataset, variant), *TINY, "--trainer.log_every_n_steps=1", *extra]
     first = RecordStart()
     VAEZooCLI(args=["fit", *args], trainer_defaults={"callbacks": [first]})
-    run_dir = Path("runs", "mnist", variant, "version_0")
+    run_dir = Path("runs", dataset, variant, "version_0")
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
@@ -83,7 +87,7 @@ def fit_and_resume(variant: str, *extra: str) -> Resumed:
         args=["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last"],
         trainer_defaults={"callbacks": [resumed]},
     )
-    assert not Path("runs", "mnist", variant, "version_1").exists()  # resumed in place
+    assert not Path("runs", dataset, variant, "version_1").exists()  # resumed in place
     assert resumed.step == 2
     assert_same(resumed.state, dict(ckpt["state_dict"]), "state_dict")
     assert_same(resumed.optimizers, list(ckpt["optimizer_states"]), "optimizer_states")
@@ -101,34 +105,80 @@ def metrics_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def evaluate_everywhere(run_dir: Path, terms: tuple[str, ...]) -> dict[str, Any]:
-    """validate, test, predict, compare and sample a fitted run; returns its compare row.
+def logged(path: Path) -> dict[str, list[str]]:
+    """Every non-empty value of every column of a metrics.csv."""
+    columns: dict[str, list[str]] = {}
+    for row in metrics_rows(path):
+        for key, value in row.items():
+            if value:
+                columns.setdefault(key, []).append(value)
+    return columns
+
+
+def evaluate_everywhere(
+    run_dir: Path,
+    terms: tuple[str, ...],
+    absent: tuple[str, ...] = (),
+    tested: tuple[str, ...] = ("nll", "elbo"),
+    out: Path | None = None,
+) -> tuple[dict[str, Any], str]:
+    """validate, test, predict, compare and sample a fitted run; its compare row and table.
 
     Every name in ``terms`` must be logged under train/ (step and epoch), val/ and test/, and
-    be a column of compare's table.
+    be a column of compare's table; ``tested`` must be in test/ too; ``absent`` nowhere (a
+    metric that does not apply to the variant).
     """
-    rows = metrics_rows(run_dir / "metrics.csv")
+    columns = logged(run_dir / "metrics.csv")
     for term in terms:
         for key in (f"train/{term}", f"train/{term}_epoch", f"val/{term}"):
-            assert any(r.get(key) for r in rows), key
+            assert key in columns, key
+    for term in absent:
+        assert not [k for k in columns if k.split("/")[-1] in (term, f"{term}_epoch")], term
     best = str(run_dir / "checkpoints" / "best.ckpt")
     assert run("validate", "--ckpt_path", best, *TINY) == 0
     assert run("test", "--ckpt_path", best, *TINY) == 0
-    test_row = metrics_rows(run_dir / "test" / "metrics.csv")[0]
-    for term in (*terms, "nll", "elbo"):
-        assert test_row.get(f"test/{term}"), term
+    test_columns = logged(run_dir / "test" / "metrics.csv")
+    for term in (*terms, *tested):
+        assert f"test/{term}" in test_columns, term
+    for term in absent:
+        assert f"test/{term}" not in test_columns, term
     assert run("predict", "--ckpt_path", best, *TINY) == 0
     predictions = torch.load(run_dir / "predict" / "predictions.pt", weights_only=False)
     assert predictions["reconstruction"].shape[1:] == (1, 28, 28)
 
-    out = run_dir.parent / "compare"
+    out = out or run_dir.parent / "compare"
     argv = [str(run_dir), "--out", str(out), "--k", "3", "--n-test", "20", "--device", "cpu",
             "--classifier", "none"]
     assert compare.main(argv) == 0
     row = json.loads((out / "comparison.json").read_text())["runs"][0]
+    assert row["variant"] == run_dir.parent.name
     for term in terms:
         assert row.get(term) is not None, term
     png = run_dir.parent / "samples.png"
     assert sample.main([str(run_dir), "--n", "16", "--out", str(png), "--device", "cpu"]) == 0
     assert png.is_file()
-    return row
+    return row, (out / "comparison.md").read_text()
+
+
+def check_end_to_end(
+    tmp_path: Path,
+    name: str,
+    terms: tuple[str, ...],
+    absent: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+    dataset: str = "mnist",
+) -> tuple[dict[str, Any], str]:
+    """Fit, resume (state restored exactly) and evaluate variant ``name`` everywhere."""
+    resumed = fit_and_resume(name, *extra, dataset=dataset)
+    return evaluate_everywhere(resumed.run_dir, terms, absent, tested=(), out=tmp_path / "compare")
+
+
+def check_bf16_mixed(name: str, terms: tuple[str, ...], dataset: str = "mnist") -> None:
+    """Fit ``name`` under bf16-mixed autocast on the CPU: every logged train/val term finite."""
+    args = ["--config", config(dataset, name), "--config", config("trainer", "cpu"),
+            "--config", config("trainer", "bf16-mixed"), *TINY, "--trainer.log_every_n_steps=1"]
+    assert run("fit", *args) == 0
+    columns = logged(Path("runs", dataset, name, "version_0", "metrics.csv"))
+    for term in ("loss", *terms):
+        for key in (f"train/{term}", f"val/{term}"):
+            assert key in columns and all(math.isfinite(float(v)) for v in columns[key]), key

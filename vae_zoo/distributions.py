@@ -173,6 +173,45 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> 
         return q.log_prob(z) - p.log_prob(z)
 
 
+class PointMass(Distribution):
+    """A point mass at ``loc`` [..., D] (a deterministic encoder): batch [...], event [D].
+
+    ``rsample`` returns ``loc`` itself (differentiable), the mean is ``loc`` and the variance
+    zero. It has no density with respect to Lebesgue measure, so ``log_prob`` raises: a model
+    with this posterior has no log importance weights, no ELBO and no KL (they are absent, not
+    +inf or zero).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor) -> None:
+        self.loc = loc
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        """The location itself."""
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        """Zeros of the location's shape."""
+        return torch.zeros_like(self.loc)
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """``loc`` repeated to [*sample_shape, *batch, D], with gradients flowing into ``loc``."""
+        return self.loc.expand(self._extended_shape(torch.Size(sample_shape)))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Undefined: a point mass has no density (raises NotImplementedError)."""
+        raise NotImplementedError(
+            "a point mass has no density: its log-probability, KL and importance weights are "
+            "undefined"
+        )
+
+
 class MixtureOfDiagNormals(Distribution):
     """(1/K) sum_k N(mu_k, diag(exp(logvar_k))), components [K, D], equal weights (a VampPrior).
 
