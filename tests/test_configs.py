@@ -10,9 +10,12 @@ from PIL import Image
 
 from vae_zoo.cli.run_dir import RUN_DIR_ENV
 
-EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in ("vae", "beta_vae", "cvae")]
+VARIANTS = ("vae", "beta_vae", "cvae", "factor_vae", "ladder_vae")
+EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
+# configs/model/<name>.yaml: what a variant changes in the base MLP VAE (pieces to compose)
+MODEL_PIECES = [("model", "factor_vae"), ("model", "ladder_vae")]
 # logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
 TESTED_ELSEWHERE = [("logger", "wandb")]
 
@@ -27,7 +30,7 @@ def workdir(
 
 def test_every_config_file_is_tested_here() -> None:
     shipped = {p.relative_to(CONFIGS).with_suffix("").parts for p in CONFIGS.rglob("*.yaml")}
-    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE)
+    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + MODEL_PIECES + TESTED_ELSEWHERE)
     assert shipped == tested
 
 
@@ -75,6 +78,19 @@ def test_accelerator_piece_parses(capsys: pytest.CaptureFixture, kind: str, name
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
     piece = yaml.safe_load(Path(config(kind, name)).read_text())["trainer"]
     assert contains(printed, piece)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize(("kind", "name"), MODEL_PIECES)
+def test_model_piece_over_the_base_vae_is_the_experiment(
+    capsys: pytest.CaptureFixture, dataset: str, kind: str, name: str
+) -> None:
+    """``<dataset>/vae.yaml`` + ``model/<name>.yaml`` resolves to ``<dataset>/<name>.yaml``."""
+    composed = ["--config", config(dataset, "vae"), "--config", config(kind, name)]
+    assert run("fit", *composed, "--print_config") == 0
+    from_piece = yaml.safe_load(capsys.readouterr().out)
+    assert run("fit", "--config", config(dataset, name), "--print_config") == 0
+    assert from_piece == yaml.safe_load(capsys.readouterr().out)
 
 
 def contains(full: object, part: object) -> bool:
