@@ -279,6 +279,15 @@ def test_an_epoch_lr_scheduler_steps_under_manual_optimisation(tmp_path) -> None
     assert d_opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # not the scheduler's
 
 
+def test_one_optimizer_from_outside_is_a_clear_error(tmp_path) -> None:
+    # what LightningCLI's stock --optimizer does when it bypasses configure_optimizers_with
+    model = small()
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters())
+    data = DataLoader(TensorDataset(_x(8), torch.zeros(8).long()), batch_size=8)
+    with pytest.raises(ConfigError, match="two optimizers"):
+        quiet_trainer(max_epochs=1, default_root_dir=tmp_path).fit(model, data)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [

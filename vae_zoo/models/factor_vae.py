@@ -211,7 +211,14 @@ class FactorVAE(BaseVAE):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """One VAE step on ``loss`` and one discriminator step on ``d_loss``, from one backward."""
-        vae_opt, d_opt = self.optimizers()
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list) or len(optimizers) != 2:
+            raise ConfigError(
+                "FactorVAE trains with two optimizers (the VAE's, then the discriminator's); "
+                "configure_optimizers gave one: an optimizer from outside must go through "
+                "configure_optimizers_with, which adds the discriminator's"
+            )
+        vae_opt, d_opt = optimizers
         x, y = self.unpack(batch)
         terms = self.loss(self(x, y), x)
         loss = self.log_train(terms)
