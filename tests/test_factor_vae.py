@@ -311,6 +311,18 @@ def test_works_under_bf16_autocast_with_a_float32_tc() -> None:
     assert all(torch.isfinite(v).all() for v in terms.values())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_model_held_in_another_dtype_runs(dtype: torch.dtype) -> None:
+    # bf16-true keeps its weights in bf16; a float64 model is for precise checks
+    model = small().to(dtype)
+    x = _x().to(dtype)
+    terms = model.loss(model(x), x)
+    wide = torch.promote_types(dtype, torch.float32)
+    assert all(terms[k].dtype == wide for k in ("tc", "d_loss"))
+    assert model.log_likelihood(x, k=3).shape == (x.shape[0],)
+    assert model.sample(2).dtype == dtype
+
+
 # --------------------------------------------------------------------------- through the CLI
 
 

@@ -154,17 +154,21 @@ class FactorVAE(BaseVAE):
 
     # ----------------------------------------------------------------- the discriminator
     def discriminate(self, z: Tensor, frozen: bool = False) -> Tensor:
-        """D's logits of z [..., D] in float32; ``frozen``: no gradient reaches D's parameters.
+        """D's logits of z [..., D], at least float32; ``frozen``: no gradient reaches D.
 
         The frozen form is how the VAE's loss sees D: a gradient flows into z (and on to the
-        encoder) but not into the discriminator, which only ``d_loss`` trains.
+        encoder) but not into the discriminator, which only ``d_loss`` trains. Autocast is off:
+        D runs in its weights' dtype (float32 under mixed precision).
         """
+        weights = self.discriminator.net[0].weight.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = z.float()
-            if not frozen:
-                return self.discriminator(z)
-            params = {n: p.detach() for n, p in self.discriminator.named_parameters()}
-            return torch.func.functional_call(self.discriminator, params, (z,))
+            z = z.to(weights)
+            if frozen:
+                params = {n: p.detach() for n, p in self.discriminator.named_parameters()}
+                logit = torch.func.functional_call(self.discriminator, params, (z,))
+            else:
+                logit = self.discriminator(z)
+        return logit.to(torch.promote_types(weights, torch.float32))
 
     def discriminator_terms(self, z: Tensor) -> dict[str, Tensor]:
         """``d_loss`` and ``d_acc`` (batch scalars) of D on this batch's z, detached from the VAE.

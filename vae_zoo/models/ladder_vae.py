@@ -25,8 +25,8 @@ log w = log p(x|z1) + log p(z1, z2) - log q(z1, z2|x). In the notation of
 ``kl_per_dim`` is [kl_z1 per unit at the sampled z2, kl_z2 per unit]. ``latent_dim`` is the
 size D1 of z1, the layer the base's encoder and decoder see, so any encoder/decoder pair of
 :mod:`vae_zoo.networks` serves; ``top_latent_dim`` is D2 and the model's ``self.latent_dim``
-is D1 + D2, the size of z. Gaussian parameters and the merge are kept in float32 under mixed
-precision.
+is D1 + D2, the size of z. Gaussian parameters, the merge and the KLs are kept in float32
+(or wider) under mixed precision and in half-precision models.
 """
 
 import functools
@@ -202,14 +202,20 @@ class LadderVAE(BaseVAE):
         self.down = mlp([d2, *hidden, 2 * d1], ladder_act)  # z2 -> p(z1|z2)
 
     # ----------------------------------------------------------------- the distributions
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype of z and of the Gaussians' parameters: at least float32 (bf16 models too)."""
+        return torch.promote_types(self.dtype, torch.float32)
+
     def _gaussian(self, mu: Tensor, logvar: Tensor) -> DiagNormal:
-        """A diagonal Gaussian in float32 with the log-variance clamped as the encoder's is."""
+        """A diagonal Gaussian in ``latent_dtype``, its log-variance clamped as the encoder's."""
         bounds = (self.hparams.logvar_min, self.hparams.logvar_max)
-        return DiagNormal(mu.float(), logvar.float().clamp(*bounds))
+        dtype = self.latent_dtype
+        return DiagNormal(mu.to(dtype), logvar.to(dtype).clamp(*bounds))
 
     def prior_z1(self, z2: Tensor) -> DiagNormal:
         """p(z1|z2): the top-down Gaussian, for z2 of any leading shape [..., D2]."""
-        return self._gaussian(*self.down(z2).chunk(2, dim=-1))
+        return self._gaussian(*self.down(z2.to(self.dtype)).chunk(2, dim=-1))
 
     def posterior(self, x: Tensor, c: Tensor | None = None) -> Distribution:
         """q(z1, z2 | x): bottom-up Gaussians of both layers, merged top-down for z1."""
@@ -220,7 +226,9 @@ class LadderVAE(BaseVAE):
 
     def prior(self, c: Tensor | None = None) -> Distribution:
         """p(z1, z2) = N(z2; 0, I) p(z1|z2), sampled ancestrally."""
-        return TopDownPrior(self.prior_z1, self.z1_dim, self.z2_dim, self.device, torch.float32)
+        return TopDownPrior(
+            self.prior_z1, self.z1_dim, self.z2_dim, self.device, self.latent_dtype
+        )
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         """Parameters of p(x|z1) from joint z [B, D1 + D2] (z2 acts on x only through z1)."""
@@ -229,7 +237,7 @@ class LadderVAE(BaseVAE):
                 f"LadderVAE.decode takes z = [z1, z2] of size {self.latent_dim}, got "
                 f"{z.shape[-1]}"
             )
-        return super().decode(z[..., : self.z1_dim], c)
+        return super().decode(z[..., : self.z1_dim].to(self.dtype), c)
 
     def kl(
         self, posterior: Distribution, prior: Distribution, z: Tensor
