@@ -375,7 +375,10 @@ def test_the_prior_samples_z2_then_z1_given_z2() -> None:
 def test_fit_resume_test_predict_compare_and_sample(tmp_path, monkeypatch, tmp_path_factory):
     enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
     run_dir = tmp_path / "runs" / "mnist" / "ladder_vae" / "version_0"
-    args = ["--config", config("mnist", "ladder_vae"), "--trainer.log_every_n_steps=1"]
+    # with a KL warm-up, through the existing schedules
+    args = ["--config", config("mnist", "ladder_vae"), "--trainer.log_every_n_steps=1",
+            "--model.init_args.kl_schedule=vae_zoo.schedules.LinearWarmup",
+            "--model.init_args.kl_schedule.init_args.warmup_steps=100"]
     fit_then_resume(run_dir, args, n_optimizers=1)
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
