@@ -12,7 +12,11 @@ from PIL import Image
 from vae_zoo.runs import RUN_DIR_ENV
 
 V0_VARIANTS = ("vae", "beta_vae", "cvae")  # the experiments that were flat files before
-VARIANTS = (*V0_VARIANTS, "iwae", "vamp_vae", "dip_vae", "vq_vae", "info_vae", "wae", "beta_tcvae")
+VARIANTS = (
+    *V0_VARIANTS,
+    *("iwae", "vamp_vae", "dip_vae", "vq_vae", "info_vae", "wae", "beta_tcvae"),
+    *("factor_vae", "ladder_vae"),
+)
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
@@ -23,6 +27,7 @@ COMPOSED_PIECES = [("base",), ("data", "mnist"), ("data", "fashion_mnist")] + [
     ("model", v) for v in VARIANTS
 ]
 FLAT_V0 = ROOT / "tests" / "fixtures" / "configs_v0"
+
 
 @pytest.fixture
 def workdir(

@@ -38,6 +38,7 @@ REQUIRED = {
     "iwae_mnist.yaml": "grid",
     "info_vae_mnist.yaml": "grid",
     "beta_tcvae_mnist.yaml": "grid",
+    "factor_vae_mnist.yaml": "grid",
 }
 
 

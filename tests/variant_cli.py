@@ -72,15 +72,23 @@ class Resumed:
         return [k for k, v in self.ckpt["state_dict"].items() if not torch.equal(v, initial[k])]
 
 
-def fit_and_resume(variant: str, *extra: str, dataset: str = "mnist") -> Resumed:
-    """Fit ``configs/<dataset>/<variant>.yaml`` 2 steps, resume to 4, check the restored state."""
+def fit_and_resume(
+    variant: str, *extra: str, dataset: str = "mnist", steps_per_batch: int = 1
+) -> Resumed:
+    """Fit ``configs/<dataset>/<variant>.yaml`` 2 batches, resume to 4, check the restored state.
+
+    ``steps_per_batch`` is the global steps one batch counts (2 with a second optimizer under
+    manual optimisation: Lightning counts each optimizer step).
+    """
     args = ["--config", config(dataset, variant), *TINY, "--trainer.log_every_n_steps=1", *extra]
     first = RecordStart()
     VAEZooCLI(args=["fit", *args], trainer_defaults={"callbacks": [first]})
     run_dir = Path("runs", dataset, variant, "version_0")
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == 2 * steps_per_batch
+    for state in ckpt["optimizer_states"]:
+        assert state["state"], "every optimizer has stepped and has state to restore"
 
     resumed = RecordStart()
     VAEZooCLI(
@@ -88,11 +96,11 @@ def fit_and_resume(variant: str, *extra: str, dataset: str = "mnist") -> Resumed
         trainer_defaults={"callbacks": [resumed]},
     )
     assert not Path("runs", dataset, variant, "version_1").exists()  # resumed in place
-    assert resumed.step == 2
+    assert resumed.step == 2 * steps_per_batch
     assert_same(resumed.state, dict(ckpt["state_dict"]), "state_dict")
     assert_same(resumed.optimizers, list(ckpt["optimizer_states"]), "optimizer_states")
     after = torch.load(last, map_location="cpu", weights_only=False)
-    assert after["global_step"] == 4
+    assert after["global_step"] == 4 * steps_per_batch
     result = Resumed(run_dir, ckpt, first, resumed)
     # the checkpoint holds trained values, not the initial ones: the check above has teeth
     assert result.changed()
