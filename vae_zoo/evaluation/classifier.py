@@ -69,6 +69,10 @@ class SmallCNN(nn.Module):
         """Images [B, C, H, W] in [0, 1] -> class logits [B, K]."""
         return self.head(self.features(x))
 
+    def embed(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [0, 1] -> penultimate-layer features [B, hidden] (after ReLU)."""
+        return self.head[:-1](self.features(x))
+
 
 @dataclass
 class TrainedClassifier:
