@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "data": ("vae_zoo.data.cli", "fetch or verify the MNIST / Fashion-MNIST files"),
     "compare": ("vae_zoo.evaluation.compare", "evaluate runs on the same test images side by side"),
     "sample": ("vae_zoo.evaluation.sample", "save a grid of a checkpoint's prior samples as PNG"),
+    "latent": ("vae_zoo.evaluation.latent", "draw a run's latent space (scatter, manifold, paths)"),
     "sweep": ("vae_zoo.sweep.cli", "run a W&B sweep file offline (grid/random/bayes), rank runs"),
 }
 

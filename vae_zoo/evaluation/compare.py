@@ -7,11 +7,11 @@ that data set) with the same seed, and drawn in the same figures. Outputs in ``-
 * ``comparison.md``, ``comparison.csv``, ``comparison.json``: one row per run (the JSON adds
   the per-unit KL and posterior-mean variance vectors and the settings);
 * ``comparison.png``: reconstructions, prior samples, beta-VAE traversals, CVAE class grids,
-  2-D latent manifolds and the training curves; each panel also as its own PNG.
+  the test posterior means of every model (PCA when D > 2), 2-D latent manifolds,
+  interpolations and the training curves; each panel also as its own PNG.
 
-``recon_acc`` and ``cond_acc`` need a classifier of the data set (see
-:mod:`vae_zoo.evaluation.classifier`); they are computed here, not in ``test``, so that no
-model ever carries one.
+``recon_acc``, ``cond_acc`` and ``fid_clf`` (:mod:`vae_zoo.evaluation.fid`) need a classifier of
+the data set (see :mod:`vae_zoo.evaluation.classifier`), which is never part of a model.
 """
 
 import argparse
@@ -28,14 +28,17 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vae_zoo.cli.flags import add_flag
 from vae_zoo.errors import ConfigError, VAEZooError
-from vae_zoo.evaluation import figures
+from vae_zoo.evaluation import figures, latent_figures
 from vae_zoo.evaluation.classifier import (
     ClassifierUnavailableError,
     TrainedClassifier,
     get_classifier,
 )
 from vae_zoo.evaluation.evaluate import Evaluation, evaluate
+from vae_zoo.evaluation.fid import DEFAULT_SAMPLES, ClassifierFID, grey_images
+from vae_zoo.evaluation.latent_codes import posterior_means
 from vae_zoo.evaluation.loading import (
     LoadedRun,
     likelihood_name,
@@ -46,6 +49,7 @@ from vae_zoo.evaluation.loading import (
 )
 from vae_zoo.evaluation.metrics import ACTIVE_UNIT_THRESHOLD
 from vae_zoo.evaluation.throughput import METRIC as THROUGHPUT_METRIC
+from vae_zoo.evaluation.wandb_upload import log_to_wandb
 
 PROG = "python -m vae_zoo compare"
 #: throughput columns other loggers use (Lightning's ThroughputMonitor)
@@ -75,6 +79,9 @@ MD_COLUMNS = (
     ("kl_dim_max", "max KL/dim", "{:.2f}"),
     ("recon_acc", "recon acc", "{:.3f}"),
     ("cond_acc", "cond acc", "{:.3f}"),
+    ("fid_clf", "fid_clf", "{:.2f}"),
+    ("fid_clf_ref", "fid ref", "{:.2f}"),
+    ("classifier_acc", "clf acc", "{:.4f}"),
 )
 
 
@@ -100,26 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="run folders or .ckpt files")
     p.add_argument("--out", default="outputs/compare", help="output folder (default %(default)s)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for NLL (%(default)s)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default: all)")
+    add_flag(p, "--n_test", type=int, default=None, help="test images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (%(default)s)")
-    p.add_argument("--data-dir", default=None, help="data folder for every run (default: the "
-                   "run's own setting, else $VAE_ZOO_DATA)")
+    add_flag(p, "--data_dir", default=None, help="data folder for every run (default: the "
+             "run's own setting, else $VAE_ZOO_DATA)")
     p.add_argument("--dataset", default=None, help="data set of runs whose config does not say")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=100, help="evaluation batch (%(default)s)")
+    add_flag(p, "--batch_size", type=int, default=100, help="evaluation batch (%(default)s)")
     p.add_argument(
         "--classifier",
         default="auto",
-        help="for recon_acc/cond_acc: auto (cached, else train one), cached, train, none, "
-        "or a classifier file (default %(default)s)",
+        help="for recon_acc/cond_acc/fid_clf: auto (cached, else train one), cached, train, "
+        "none, or a classifier file (default %(default)s)",
     )
-    p.add_argument("--samples-per-class", type=int, default=100,
-                   help="CVAE samples per class for cond_acc (%(default)s)")
-    p.add_argument("--active-threshold", type=float, default=ACTIVE_UNIT_THRESHOLD,
-                   help="Cov_x(E_q[z_u]) above which a unit is active (%(default)s)")
+    add_flag(p, "--samples_per_class", type=int, default=100,
+             help="CVAE samples per class for cond_acc (%(default)s)")
+    add_flag(p, "--fid_samples", type=int, default=DEFAULT_SAMPLES,
+             help="samples, test and training images for fid_clf and its reference "
+             "(%(default)s; 0: no fid_clf)")
+    add_flag(p, "--active_threshold", type=float, default=ACTIVE_UNIT_THRESHOLD,
+             help="Cov_x(E_q[z_u]) above which a unit is active (%(default)s)")
     p.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B "
                    "(offline without credentials)")
-    p.add_argument("--wandb-project", default="vae_zoo", help="W&B project (%(default)s)")
+    add_flag(p, "--wandb_project", default="vae_zoo", help="W&B project (%(default)s)")
     return p
 
 
@@ -139,9 +149,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     if args.n_test is not None and args.n_test < 1:
-        raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
+        raise ConfigError(f"--n_test must be >= 1, got {args.n_test}")
     if args.batch_size < 1 or args.samples_per_class < 1:
-        raise ConfigError("--batch-size and --samples-per-class must be >= 1")
+        raise ConfigError("--batch_size and --samples_per_class must be >= 1")
+    if args.fid_samples < 0 or args.fid_samples == 1:
+        raise ConfigError(f"--fid_samples must be 0 (off) or >= 2, got {args.fid_samples}")
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,6 +166,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         run.name = label
     test_sets = _test_sets(runs, args)
     classifiers, notes = _classifiers(test_sets, args, device)
+    fids, fid_refs = _fid_references(test_sets, classifiers, args, notes)
 
     rows, evaluations = [], {}
     for run in runs:
@@ -172,6 +185,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             samples_per_class=args.samples_per_class,
             progress=run.name,
         )
+        if ts.dataset in fids:
+            L.seed_everything(args.seed, verbose=False)
+            ev.metrics["fid_clf"] = fids[ts.dataset].of_model(run.model, args.fid_samples)
+            ev.metrics["fid_clf_ref"] = fid_refs[ts.dataset]
+        if ts.dataset in classifiers:
+            ev.metrics["classifier_acc"] = classifiers[ts.dataset].test_accuracy
         evaluations[run.name] = ev
         rows.append(_row(run, ts, ev, args))
         notes += [f"{run.name}: {n}" for n in ev.notes]
@@ -187,13 +206,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "k": args.k,
             "n_test": args.n_test,
+            "fid_samples": args.fid_samples,
             "seed": args.seed,
             "device": str(device),
             "active_threshold": args.active_threshold,
             "datasets": datasets,
         },
         "classifiers": {
-            name: {"path": str(c.path) if c.path else None, "test_accuracy": c.test_accuracy}
+            name: {"path": str(c.path) if c.path else None, "test_accuracy": c.test_accuracy,
+                   "fid_clf_ref": fid_refs.get(name)}
             for name, c in classifiers.items()
         },
         "runs": [
@@ -208,7 +229,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     (out / "comparison.md").write_text(markdown(rows, report))
     images = _figures(runs, test_sets, evaluations, args, out)
     if args.wandb:
-        _log_wandb(rows, images, args, out)
+        config = {"k": args.k, "n_test": args.n_test, "seed": args.seed, "runs": args.runs,
+                  "fid_samples": args.fid_samples}
+        log_to_wandb(out, args.wandb_project, "compare", config, images, rows, "comparison")
     print(markdown_table(rows))
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.json and "
           f"{len(images)} PNGs to {out}", file=sys.stderr)
@@ -222,16 +245,23 @@ def _data_key(run: LoadedRun, args: argparse.Namespace) -> tuple:
 
 
 def _data_settings(run: LoadedRun, args: argparse.Namespace) -> dict[str, Any]:
+    return run_data_settings(run, args.data_dir, args.dataset)
+
+
+def run_data_settings(
+    run: LoadedRun, data_dir: str | None = None, dataset: str | None = None
+) -> dict[str, Any]:
+    """The data-module settings of a run, with ``--data_dir``/``--dataset`` applied."""
     settings = dict(run.data)
-    if args.data_dir is not None:
-        settings["data_dir"] = args.data_dir
+    if data_dir is not None:
+        settings["data_dir"] = data_dir
     if not settings.get("dataset"):
-        if args.dataset is None:
+        if dataset is None:
             raise ConfigError(
                 f"{run.source}: neither a config.yaml nor the checkpoint says which data set "
                 "the model was trained on; pass --dataset mnist or --dataset fashion_mnist"
             )
-        settings["dataset"] = args.dataset
+        settings["dataset"] = dataset
     return settings
 
 
@@ -316,6 +346,36 @@ def _classifiers(
     return found, notes
 
 
+def _fid_references(
+    test_sets: dict[tuple, TestSet],
+    classifiers: dict[str, TrainedClassifier],
+    args: argparse.Namespace,
+    notes: list[str],
+) -> tuple[dict[str, ClassifierFID], dict[str, float]]:
+    """Per data set: the fid_clf evaluator on its grey test images and the reference distance."""
+    fids: dict[str, ClassifierFID] = {}
+    refs: dict[str, float] = {}
+    if not args.fid_samples:
+        notes.append("fid_clf skipped (--fid_samples 0)")
+        return fids, refs
+    for ts in test_sets.values():
+        if ts.dataset in fids or ts.dataset not in classifiers:
+            continue
+        train, test = grey_images(ts.dataset, ts.settings.get("data_dir"), args.fid_samples)
+        print(f"fid_clf on {ts.dataset}: {len(test)} grey test images, reference with "
+              f"{len(train)} training images", file=sys.stderr)
+        fids[ts.dataset] = ClassifierFID(classifiers[ts.dataset], test, args.batch_size)
+        refs[ts.dataset] = fids[ts.dataset].of_images(train)
+        notes.append(
+            f"fid_clf on {ts.dataset}: Fréchet distance between the classifier's penultimate "
+            f"features of {args.fid_samples} mean samples E[x|z] and of {len(test)} grey-level "
+            f"test images; reference (fid ref) {refs[ts.dataset]:.2f} = the same distance for "
+            f"{len(train)} training images; classifier test accuracy "
+            f"{classifiers[ts.dataset].test_accuracy:.4f}"
+        )
+    return fids, refs
+
+
 # ---------------------------------------------------------------------- rows
 def _row(run: LoadedRun, ts: TestSet, ev: Evaluation, args: argparse.Namespace) -> dict[str, Any]:
     model = run.model
@@ -338,7 +398,7 @@ def _row(run: LoadedRun, ts: TestSet, ev: Evaluation, args: argparse.Namespace) 
         "n_test": ev.num_examples,
         **{name: m.get(name) for name in (
             "nll", "bpd", "elbo", "recon", "kl", "loss", "mse", "kl_dim_max", "active_units",
-            "recon_acc", "cond_acc",
+            "recon_acc", "cond_acc", "fid_clf", "fid_clf_ref", "classifier_acc",
         )},
         "checkpoint": str(run.ckpt_path),
     }
@@ -407,6 +467,10 @@ def markdown(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
         f"Cov_x(E_q[z_u]) > {s['active_threshold']} (Burda et al. 2015); max KL/dim = the "
         "largest mean KL of one latent unit; recon acc = classifier accuracy on "
         "reconstructions; cond acc = fraction of CVAE samples of class c classified as c; "
+        f"fid_clf = Fréchet distance between the classifier's penultimate-layer features of "
+        f"{s['fid_samples']} mean samples E[x|z], z ~ p(z), and of as many grey-level test "
+        "images (lower is better); fid ref = the same distance for training images instead of "
+        "samples (what real images score); clf acc = the classifier's own test accuracy; "
         "train img/s: " + _throughput_note(rows) + ".",
         "",
         "NLL and bits/dim compare models only with the same likelihood and the same "
@@ -466,6 +530,7 @@ def _figures(
             panels.append(figures.class_grid_panel(run.name, run.model, ts.class_names))
         if run.model.latent_dim == 2:
             panels.append(figures.manifold_panel(run.name, run.model))
+    panels += _latent_panels(runs, test_sets, args)
     curves = {run.name: read_metrics_csv(run.metrics_csv) for run in runs}
     written = [figures.save_panel(p, out / f"{p.slug}.png") for p in panels]
     fig = figures.curves_figure(curves)
@@ -477,34 +542,27 @@ def _figures(
     return written
 
 
-def _log_wandb(rows: list[dict[str, Any]], images: list[Path], args: argparse.Namespace,
-               out: Path) -> None:
-    """Log the table and the PNGs to a W&B run (offline without credentials); never fatal."""
-    try:
-        import wandb
-
-        from vae_zoo.loggers import prepare_wandb
-
-        mode = prepare_wandb(out)
-        run = wandb.init(
-            project=args.wandb_project,
-            dir=str(out),
-            job_type="compare",
-            mode=mode,
-            config={"k": args.k, "n_test": args.n_test, "seed": args.seed, "runs": args.runs},
-            settings=wandb.Settings(init_timeout=60),
-        )
-        columns = list(rows[0])
-        table = wandb.Table(columns=columns, data=[[_plain(r[c]) for c in columns] for r in rows])
-        run.log({"comparison": table, **{f"figures/{p.stem}": wandb.Image(str(p)) for p in images}})
-        run.finish()
-    except Exception as err:  # W&B trouble must not lose the files already written
-        print(f"warning: logging to W&B failed ({type(err).__name__}: {err}); the files in "
-              f"{out} are complete", file=sys.stderr)
-
-
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+def _latent_panels(
+    runs: list[LoadedRun], test_sets: dict[tuple, TestSet], args: argparse.Namespace
+) -> list[figures.Panel]:
+    """Per test set the posterior-mean scatters of its models side by side; interpolations."""
+    panels = []
+    for i, ts in enumerate(test_sets.values()):
+        scatters = []
+        for name in ts.runs:
+            run = next(r for r in runs if r.name == name)
+            scatters.append((name, posterior_means(run.model, ts.x, ts.y, args.batch_size), ts.y))
+        slug = "latents" if len(test_sets) == 1 else f"latents_{i}"
+        title = f"Posterior means E[z|x] of the {_test_set_name(ts)}, coloured by label"
+        panels.append(latent_figures.scatter_panel(title, scatters, ts.class_names, slug))
+    for run in runs:
+        ts = test_sets[_data_key(run, args)]
+        if len(ts.x) < 2:
+            continue
+        panels.append(latent_figures.interpolation_panel(
+            run.name, run.model, ts.x, ts.y, ts.class_names, seed=args.seed
+        ))
+    return panels
 
 
 if __name__ == "__main__":
