@@ -316,7 +316,7 @@ def provision(
     where = " or ".join(f"{folder}/" for folder in folders)
     attempts = [(f"files under {root}", local.reasons(where))]
     if not download:
-        attempts.append(("downloads", ["not tried: download=False (--no-download)"]))
+        attempts.append(("downloads", ["not tried: download=False (--no_download)"]))
         raise DataUnavailableError(info, root, attempts)
     for source, fetch in network_sources(dataset):
         missing = {name: sha for name, sha in table.items() if name not in found}
