@@ -2,8 +2,9 @@
 
 On top of LightningCLI it chooses the run directory (see :mod:`vae_zoo.cli.run_dir`), always
 logs ``metrics.csv`` there, saves ``best.ckpt``/``last.ckpt`` (and ``last.ckpt`` on Ctrl-C or
-SIGTERM), logs image grids, resolves ``--ckpt_path last|best`` to the latest run, refuses a
-checkpoint of another variant, and prints where the results went.
+SIGTERM), logs image grids, adds the classifier metrics (``fid_clf``) to ``test``, resolves
+``--ckpt_path last|best`` to the latest run, refuses a checkpoint of another variant, and
+prints where the results went.
 """
 
 import copy
@@ -32,6 +33,7 @@ from vae_zoo.checkpoints import (
 from vae_zoo.cli import run_dir as rd
 from vae_zoo.cli.parser import VAEZooParser
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
+from vae_zoo.evaluation.classifier_metrics import ClassifierMetrics
 from vae_zoo.loggers import RunCSVLogger, prepare_wandb, previous_wandb_id
 from vae_zoo.models import BaseVAE
 
@@ -243,6 +245,10 @@ class VAEZooCLI(LightningCLI):
             ckpt_dir = Path(ckpt_path).parent
         if checkpointing and self.subcommand == "fit":
             extra.append(InterruptCheckpoint(ckpt_dir))
+        if self.subcommand == "test" and not _has(config.get("callbacks"), ClassifierMetrics):
+            # test/recon_acc, cond_acc and fid_clf whenever a classifier is cached; configure
+            # it by listing it in trainer.callbacks (e.g. with init_args.fid_samples)
+            extra.append(ClassifierMetrics())
         trainer_config = {**config, "default_root_dir": str(self.run_dir), **kwargs}
         trainer_config["logger"] = self._loggers(config.get("logger"))
         trainer_config["plugins"] = _with_atomic_io(config.get("plugins"))
@@ -339,6 +345,12 @@ class VAEZooCLI(LightningCLI):
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+def _has(callbacks: Any, kind: type) -> bool:
+    """Whether the trainer's configured callbacks (one, a list or None) include a ``kind``."""
+    given = callbacks if isinstance(callbacks, list) else [callbacks]
+    return any(isinstance(cb, kind) for cb in given)
 
 
 def _with_atomic_io(plugins: Any) -> list[Any]:
