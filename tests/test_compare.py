@@ -115,11 +115,14 @@ def _read_png(path: Path) -> tuple[int, int]:
 def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFixture) -> None:
     out = env.root / "out"
     argv = [str(env.beta), str(env.cvae / "checkpoints" / "last.ckpt"), str(env.fashion_ckpt),
-            "--out", str(out), "--k", "5", "--n-test", "40", "--device", "cpu", "--wandb"]
+            "--out", str(out), "--k", "5", "--n_test", "40", "--device", "cpu", "--wandb",
+            "--fid_samples", "200"]
     assert compare.main(argv) == 0
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png",
                  "samples.png", "curves.png", "reconstructions_0.png", "reconstructions_1.png",
-                 "traversals_beta.png", "classes_cvae.png", "manifold_beta.png"):
+                 "traversals_beta.png", "classes_cvae.png", "manifold_beta.png",
+                 "latents_0.png", "latents_1.png", "interpolations_beta.png",
+                 "interpolations_cvae.png", "interpolations_fashion_vae.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "comparison.json").read_text())
     rows = {r["run"]: r for r in report["runs"]}
@@ -134,6 +137,12 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
         assert max(row["kl_per_dim"]) == pytest.approx(row["kl_dim_max"], rel=1e-5)
         assert 0 <= row["recon_acc"] <= 1 and row["params"] > 0 and row["n_test"] == 40
     assert 0 <= rows["cvae"]["cond_acc"] <= 1 and rows["beta"]["cond_acc"] is None
+    for row in rows.values():  # fid_clf beside its reference and the classifier's accuracy
+        own = report["classifiers"][row["dataset"]]
+        assert row["fid_clf_ref"] == own["fid_clf_ref"] and 0 <= row["fid_clf_ref"]
+        assert row["fid_clf"] > row["fid_clf_ref"]  # barely trained models are far from data
+        assert row["classifier_acc"] == own["test_accuracy"]
+    assert report["settings"]["fid_samples"] == 200
     for name in ("beta", "cvae"):  # trained through the CLI with the throughput callback
         assert rows[name]["epochs"] == 2 and rows[name]["global_step"] == 10
         assert rows[name]["images_per_sec"] > 0
@@ -148,6 +157,7 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
     assert [r["run"] for r in table] == ["beta", "cvae", "fashion_vae"]
     md = (out / "comparison.md").read_text()
     assert "| beta | beta_vae | mnist |" in md and "own test accuracy" in md
+    assert "| fid_clf | fid ref | clf acc |" in md and "fid_clf on mnist" in md
     assert "| cvae | cvae |" in capsys.readouterr().out
     assert _read_png(out / "comparison.png")[0] > 0
 
@@ -155,14 +165,14 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
 def test_compare_gives_each_model_the_same_numbers_alone_and_together(env: Env) -> None:
     # same seed per model and the same test images: a model's row does not depend on the others
     together, alone = env.root / "together", env.root / "alone"
-    common = ["--k", "3", "--n-test", "20", "--device", "cpu", "--classifier", "none"]
+    common = ["--k", "3", "--n_test", "20", "--device", "cpu", "--classifier", "none"]
     assert compare.main([str(env.beta), str(env.cvae), "--out", str(together), *common]) == 0
     assert compare.main([str(env.cvae), "--out", str(alone), *common]) == 0
     row_together = json.loads((together / "comparison.json").read_text())["runs"][1]
     row_alone = json.loads((alone / "comparison.json").read_text())["runs"][0]
     for key in ("nll", "elbo", "mse", "kl_per_dim", "active_units"):
         assert row_together[key] == row_alone[key], key
-    assert row_alone["recon_acc"] is None
+    assert row_alone["recon_acc"] is None and row_alone["fid_clf"] is None
 
 
 def test_compare_reports_a_missing_run_in_one_line(
