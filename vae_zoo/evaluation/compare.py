@@ -1,6 +1,6 @@
 """``python -m vae_zoo compare``: evaluate trained runs on the same test images, side by side.
 
-Every model is loaded from its run folder or checkpoint, evaluated on the first ``--n-test``
+Every model is loaded from its run folder or checkpoint, evaluated on the first ``--n_test``
 images of its data set's test split (the same images, in the same order, for every model of
 that data set) with the same seed, and drawn in the same figures. Outputs in ``--out``:
 
