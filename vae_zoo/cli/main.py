@@ -21,7 +21,7 @@ PROG = "python -m vae_zoo"
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "fit": (None, "train a model: fit --config configs/mnist/vae.yaml"),
     "validate": (None, "evaluate a checkpoint on the validation split"),
-    "test": (None, "evaluate a checkpoint on the test split (test/elbo, test/nll, test/bpd)"),
+    "test": (None, "evaluate a checkpoint on the test split (test/nll, test/elbo, fid_clf, ...)"),
     "predict": (None, "encode and reconstruct with a checkpoint; writes predictions.pt"),
     "data": ("vae_zoo.data.cli", "fetch or verify the MNIST / Fashion-MNIST files"),
     "compare": ("vae_zoo.evaluation.compare", "evaluate runs on the same test images side by side"),

@@ -469,8 +469,9 @@ def markdown(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
         "reconstructions; cond acc = fraction of CVAE samples of class c classified as c; "
         f"fid_clf = Fréchet distance between the classifier's penultimate-layer features of "
         f"{s['fid_samples']} mean samples E[x|z], z ~ p(z), and of as many grey-level test "
-        "images (lower is better); fid ref = the same distance for training images instead of "
-        "samples (what real images score); clf acc = the classifier's own test accuracy; "
+        "images (fewer when the test set is smaller, see the notes; lower is better); fid ref "
+        "= the same distance for training images instead of samples (what real images "
+        "score); clf acc = the classifier's own test accuracy; "
         "train img/s: " + _throughput_note(rows) + ".",
         "",
         "NLL and bits/dim compare models only with the same likelihood and the same "
