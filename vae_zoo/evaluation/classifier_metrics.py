@@ -49,8 +49,8 @@ class ClassifierMetrics(Callback):
     ) -> None:
         if samples_per_class < 1:
             raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
-        if fid_samples < 0:
-            raise ValueError(f"fid_samples must be >= 0, got {fid_samples}")
+        if fid_samples < 0 or fid_samples == 1:
+            raise ValueError(f"fid_samples must be 0 (off) or >= 2, got {fid_samples}")
         self.classifier = classifier
         self.samples_per_class = samples_per_class
         self.fid_samples = fid_samples
