@@ -183,6 +183,14 @@ def test_compare_reports_a_missing_run_in_one_line(
     assert "does not exist" in err and "Traceback" not in err
 
 
+def test_compare_rejects_a_bad_fid_sample_count_in_one_line(
+    env: Env, capsys: pytest.CaptureFixture
+) -> None:
+    assert compare.main([str(env.beta), "--out", str(env.root / "z"), "--fid_samples", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --fid_samples must be 0 (off) or >= 2, got 1"
+
+
 def test_compare_asks_for_the_data_set_when_the_checkpoint_does_not_say(
     env: Env, capsys: pytest.CaptureFixture
 ) -> None:
