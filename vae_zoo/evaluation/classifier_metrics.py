@@ -101,7 +101,8 @@ class ClassifierMetrics(Callback):
         try:
             train, test = grey_images(dataset, getattr(dm, "data_dir", None), self.fid_samples)
         except VAEZooError as err:
-            rank_zero_warn(f"test/fid_clf skipped: the grey-level images are not readable: {err}")
+            first = str(err).splitlines()[0]  # the data error lists every source it tried
+            rank_zero_warn(f"test/fid_clf skipped: the grey-level images are not readable: {first}")
             return
         rank, world = trainer.global_rank, trainer.world_size
         self._fid = ClassifierFID(self._clf, test[rank::world])
