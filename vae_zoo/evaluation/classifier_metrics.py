@@ -101,8 +101,11 @@ class ClassifierMetrics(Callback):
         try:
             train, test = grey_images(dataset, getattr(dm, "data_dir", None), self.fid_samples)
         except VAEZooError as err:
-            first = str(err).splitlines()[0]  # the data error lists every source it tried
-            rank_zero_warn(f"test/fid_clf skipped: the grey-level images are not readable: {first}")
+            # one line: the data error's own message lists every source it tried
+            rank_zero_warn(
+                f"test/fid_clf skipped: the {dataset} images could not be read "
+                f"({type(err).__name__}); `python -m vae_zoo data verify` says why"
+            )
             return
         rank, world = trainer.global_rank, trainer.world_size
         self._fid = ClassifierFID(self._clf, test[rank::world])
