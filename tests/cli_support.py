@@ -98,6 +98,8 @@ def enter_workdir(
         monkeypatch.setitem(CHECKSUMS, name, table)
     monkeypatch.setenv("VAE_ZOO_DATA", str(root))
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    # no classifier from the user's cache: `test` computes fid_clf only with one the test puts here
+    monkeypatch.setenv("VAE_ZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     monkeypatch.chdir(tmp_path)

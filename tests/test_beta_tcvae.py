@@ -1,7 +1,6 @@
 """beta-TCVAE: the MWS/MSS estimators against naive loops and enumeration, the decomposition
 against exact values, the loss against the VAE's, N from the data module, the CLI."""
 
-import functools
 import itertools
 import math
 from types import SimpleNamespace
@@ -9,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from cli_support import N_TRAIN, TINY, VAL_SIZE, config, enter_workdir, run
+from small_models import SMALL, binary_images
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from variant_cli import check_bf16_mixed, check_end_to_end
 
@@ -16,19 +16,12 @@ from vae_zoo.distributions import DiagNormal, StandardNormal
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import VAE, BaseVAE, BetaTCVAE
 from vae_zoo.models.beta_tcvae import kl_decomposition, log_weight_matrix
-from vae_zoo.networks import MLPDecoder, MLPEncoder
 
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 F64 = torch.float64
 
 
 def _x(n: int = 10) -> torch.Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 def _normal_pdf(z: float, mu: float, logvar: float) -> float:

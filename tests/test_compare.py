@@ -114,11 +114,14 @@ def _read_png(path: Path) -> tuple[int, int]:
 def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFixture) -> None:
     out = env.root / "out"
     argv = [str(env.beta), str(env.cvae / "checkpoints" / "last.ckpt"), str(env.fashion_ckpt),
-            "--out", str(out), "--k", "5", "--n-test", "40", "--device", "cpu", "--wandb"]
+            "--out", str(out), "--k", "5", "--n_test", "40", "--device", "cpu", "--wandb",
+            "--fid_samples", "200"]
     assert compare.main(argv) == 0
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png",
                  "samples.png", "curves.png", "reconstructions_0.png", "reconstructions_1.png",
-                 "traversals_beta.png", "classes_cvae.png", "manifold_beta.png"):
+                 "traversals_beta.png", "classes_cvae.png", "manifold_beta.png",
+                 "latents_0.png", "latents_1.png", "interpolations_beta.png",
+                 "interpolations_cvae.png", "interpolations_fashion_vae.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "comparison.json").read_text())
     rows = {r["run"]: r for r in report["runs"]}
@@ -133,6 +136,12 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
         assert max(row["kl_per_dim"]) == pytest.approx(row["kl_dim_max"], rel=1e-5)
         assert 0 <= row["recon_acc"] <= 1 and row["params"] > 0 and row["n_test"] == 40
     assert 0 <= rows["cvae"]["cond_acc"] <= 1 and rows["beta"]["cond_acc"] is None
+    for row in rows.values():  # fid_clf beside its reference and the classifier's accuracy
+        own = report["classifiers"][row["dataset"]]
+        assert row["fid_clf_ref"] == own["fid_clf_ref"] and 0 <= row["fid_clf_ref"]
+        assert row["fid_clf"] > row["fid_clf_ref"]  # barely trained models are far from data
+        assert row["classifier_acc"] == own["test_accuracy"]
+    assert report["settings"]["fid_samples"] == 200
     for name in ("beta", "cvae"):  # the CLI logs train/images_per_sec in every fit
         assert rows[name]["epochs"] == 2 and rows[name]["global_step"] == 10
         assert rows[name]["images_per_sec"] > 0
@@ -147,6 +156,7 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
     assert [r["run"] for r in table] == ["beta", "cvae", "fashion_vae"]
     md = (out / "comparison.md").read_text()
     assert "| beta | beta_vae | -(recon - 4*KL) | mnist |" in md and "own test accuracy" in md
+    assert "| fid_clf | fid ref | clf acc |" in md and "fid_clf on mnist" in md
     assert "| cvae | cvae |" in capsys.readouterr().out
     assert _read_png(out / "comparison.png")[0] > 0
 
@@ -154,14 +164,14 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
 def test_compare_gives_each_model_the_same_numbers_alone_and_together(env: Env) -> None:
     # same seed per model and the same test images: a model's row does not depend on the others
     together, alone = env.root / "together", env.root / "alone"
-    common = ["--k", "3", "--n-test", "20", "--device", "cpu", "--classifier", "none"]
+    common = ["--k", "3", "--n_test", "20", "--device", "cpu", "--classifier", "none"]
     assert compare.main([str(env.beta), str(env.cvae), "--out", str(together), *common]) == 0
     assert compare.main([str(env.cvae), "--out", str(alone), *common]) == 0
     row_together = json.loads((together / "comparison.json").read_text())["runs"][1]
     row_alone = json.loads((alone / "comparison.json").read_text())["runs"][0]
     for key in ("nll", "elbo", "mse", "kl_per_dim", "active_units"):
         assert row_together[key] == row_alone[key], key
-    assert row_alone["recon_acc"] is None
+    assert row_alone["recon_acc"] is None and row_alone["fid_clf"] is None
 
 
 def test_compare_reports_a_missing_run_in_one_line(
@@ -170,6 +180,14 @@ def test_compare_reports_a_missing_run_in_one_line(
     assert compare.main([str(env.root / "nope"), "--out", str(env.root / "x")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_compare_rejects_a_bad_fid_sample_count_in_one_line(
+    env: Env, capsys: pytest.CaptureFixture
+) -> None:
+    assert compare.main([str(env.beta), "--out", str(env.root / "z"), "--fid_samples", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --fid_samples must be 0 (off) or >= 2, got 1"
 
 
 def test_compare_asks_for_the_data_set_when_the_checkpoint_does_not_say(

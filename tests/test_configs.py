@@ -18,13 +18,15 @@ VARIANTS = (
     *("factor_vae", "ladder_vae"),
 )
 EXPERIMENTS = [(d, v) for d in ("mnist", "fashion_mnist") for v in VARIANTS]
+# the Keras tutorial's conv VAE with a 2-D latent: a latent_dim, budget and networks of its own
+KERAS_2D = [("mnist", "conv_vae_2d"), ("fashion_mnist", "conv_vae_2d")]
 RUN_PIECES = [("trainer", "cpu"), ("trainer", "bf16-mixed"), ("logger", "csv")]
 PARSE_PIECES = [("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp")]
 # logger/wandb.yaml runs in tests/test_cli.py::test_wandb_without_credentials_runs_offline
 TESTED_ELSEWHERE = [("logger", "wandb")]
 # the pieces the experiments list: they run in every experiment, and alone below
 COMPOSED_PIECES = [("base",), ("data", "mnist"), ("data", "fashion_mnist")] + [
-    ("model", v) for v in VARIANTS
+    ("model", v) for v in (*VARIANTS, "conv_vae_2d")
 ]
 FLAT_V0 = ROOT / "tests" / "fixtures" / "configs_v0"
 
@@ -37,10 +39,11 @@ def workdir(
     return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
 
 
-
 def test_every_config_file_is_tested_here() -> None:
     shipped = {p.relative_to(CONFIGS).with_suffix("").parts for p in CONFIGS.rglob("*.yaml")}
-    tested = set(EXPERIMENTS + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE + COMPOSED_PIECES)
+    tested = set(
+        EXPERIMENTS + KERAS_2D + RUN_PIECES + PARSE_PIECES + TESTED_ELSEWHERE + COMPOSED_PIECES
+    )
     assert shipped == tested
 
 
@@ -86,6 +89,7 @@ def test_experiment_trains(workdir: Path, dataset: str, variant: str) -> None:
         assert grid.size[1] == rows * 30 + 2  # 28-pixel images with 2-pixel padding
     with Image.open(run_dir / "images/epoch_000_recon.png") as grid:
         assert grid.size == (8 * 30 + 2, 2 * 30 + 2)  # inputs above reconstructions
+    assert not (run_dir / "images/epoch_000_latents.png").exists()  # 32-D: no latent grids
 
 
 @pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
@@ -104,6 +108,50 @@ def test_experiment_settings(dataset: str, variant: str) -> None:
         assert (cfg["data"]["binarize"], likelihood) == ("none", "Bernoulli")
     if variant == "cvae":
         assert init["num_classes"] == 10
+
+
+@pytest.mark.parametrize(("dataset", "variant"), KERAS_2D)
+def test_2d_conv_config_fits_and_draws_its_latent_space(
+    workdir: Path, dataset: str, variant: str
+) -> None:
+    assert run("fit", "--config", config(dataset, variant), *TINY) == 0
+    images = Path("runs", dataset, "vae", "version_0", "images")
+    assert (images.parent / "checkpoints/best.ckpt").is_file()
+    for kind in ("latents", "manifold", "interpolations"):  # only 2-D models draw these
+        with Image.open(images / f"epoch_000_{kind}.png") as png:
+            assert min(png.size) > 100, kind
+    with Image.open(images / "epoch_000_manifold.png") as png:
+        assert png.size == (15 * 30 + 2, 15 * 30 + 2)  # 15 x 15 decoded z of 28 pixels
+
+
+@pytest.mark.parametrize(("dataset", "variant"), KERAS_2D)
+def test_2d_conv_config_is_the_keras_tutorial_architecture(
+    workdir: Path, dataset: str, variant: str
+) -> None:
+    from torch import nn
+
+    from vae_zoo.cli import VAEZooCLI
+
+    cli = VAEZooCLI(args=["--config", config(dataset, variant)], run=False)
+    model = cli.model
+    cfg = resolved("--config", config(dataset, variant))
+    assert model.latent_dim == 2 and cfg["data"]["batch_size"] == 128
+    assert type(model.likelihood).__name__ == "Bernoulli"
+    assert type(cli.model.configure_optimizers()).__name__ == "Adam"
+    # the parameter counts of the tutorial's encoder and decoder summaries
+    assert sum(p.numel() for p in model.encoder.parameters()) == 69_076
+    assert sum(p.numel() for p in model.decoder.parameters()) == 65_089
+    convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (3, 3), (2, 2)), (64, (3, 3), (2, 2))
+    ]
+    dense = [m.out_features for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    assert dense == [16, 2 * 2]  # dense 16, then mean and log-variance of a 2-D z
+    assert [m.out_features for m in model.decoder.fc if isinstance(m, nn.Linear)] == [7 * 7 * 64]
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in deconvs] == [
+        (64, (3, 3), (2, 2)), (32, (3, 3), (2, 2)), (1, (3, 3), (1, 1))
+    ]
 
 
 @pytest.mark.parametrize(("kind", "name"), RUN_PIECES)

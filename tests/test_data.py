@@ -717,7 +717,7 @@ def test_cli_fetch_and_verify(data_dir: Path, tmp_path: Path) -> None:
     code, out, _ = run_cli("verify", "--dataset", "mnist", "--data_dir", str(data_dir))
     assert code == 1 and "CORRUPT" in out and "t10k-images-idx3-ubyte.gz" in out
     empty = tmp_path / "empty"
-    code, out, err = run_cli("fetch", "--dataset", "all", "--data_dir", str(empty), "--no-download")
+    code, out, err = run_cli("fetch", "--dataset", "all", "--data_dir", str(empty), "--no_download")
     assert code == 1 and "Traceback" not in err
     assert "MNIST (mnist) is not available" in err and "Fashion-MNIST (fashion_mnist)" in err
     assert "download=False" in err

@@ -54,9 +54,13 @@ def _data_dir() -> Path:
     pytest.skip("real MNIST not found: set VAE_ZOO_DATA")
 
 
-def _vae_zoo(args: list[str], cwd: Path, data_dir: Path) -> str:
-    """Run ``python -m vae_zoo ...`` in ``cwd``; return its output, failing with its tail."""
+def _vae_zoo(args: list[str], cwd: Path, data_dir: Path, cache: Path | None = None) -> str:
+    """Run ``python -m vae_zoo ...`` in ``cwd``; return its output, failing with its tail.
+
+    ``cache`` is the classifier cache (``VAE_ZOO_CACHE``); by default an empty folder.
+    """
     env = {**os.environ, "VAE_ZOO_DATA": str(data_dir), "PYTHONPATH": str(ROOT)}
+    env["VAE_ZOO_CACHE"] = str(cache or cwd.parent / f"{cwd.name}_no_classifier")
     for inherited in ("LOCAL_RANK", RUN_DIR_ENV):  # left by in-process CLI runs of other tests
         env.pop(inherited, None)
     proc = subprocess.run(
@@ -207,7 +211,13 @@ def test_ddp_validation_equals_single_process_evaluation(ddp_fit) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_ddp_test_equals_single_process_evaluation(ddp_fit) -> None:
+def test_ddp_test_equals_single_process_evaluation(ddp_fit, tmp_path) -> None:
+    from vae_zoo.evaluation.classifier import SmallCNN, TrainedClassifier, save_classifier
+    from vae_zoo.evaluation.fid import ClassifierFID, grey_images
+
+    torch.manual_seed(0)
+    clf = TrainedClassifier(SmallCNN().eval(), "mnist", 0.5)  # untrained: any features do
+    save_classifier(clf, tmp_path / "classifiers" / "mnist.pt")
     ckpt = ddp_fit["run"] / "checkpoints" / "last.ckpt"
     args = [
         "test",
@@ -220,12 +230,18 @@ def test_ddp_test_equals_single_process_evaluation(ddp_fit) -> None:
         f"--data.eval_batch_size={EVAL_BATCH}",
         f"--model.init_args.test_k={K}",
     ]
-    output = _vae_zoo(args, ddp_fit["cwd"], ddp_fit["data_dir"])
+    output = _vae_zoo(args, ddp_fit["cwd"], ddp_fit["data_dir"], cache=tmp_path)
     assert "MEMBER: 2/2" in output
     test_dir = ddp_fit["run"] / "test"
     assert [p.name for p in test_dir.rglob("metrics.csv")] == ["metrics.csv"]
     logged = _logged(_rows(test_dir / "metrics.csv"), "test")
     _compare(logged, ckpt, ddp_fit["data_dir"], "test", False)
+    # fid_clf: each rank fed half of the images; the synced statistics give one process's value
+    train, test = grey_images("mnist", str(ddp_fit["data_dir"]), 10_000)
+    assert logged["fid_clf_ref"] == pytest.approx(ClassifierFID(clf, test).of_images(train),
+                                                  rel=1e-4)
+    assert math.isfinite(logged["fid_clf"]) and logged["fid_clf"] > logged["fid_clf_ref"]
+    assert logged["classifier_acc"] == 0.5
 
 
 def test_fsdp_piece_builds_its_strategy() -> None:

@@ -5,25 +5,22 @@ with ``torch.cov(..., correction=0)``; small batches make the unbiased (1/(B-1))
 far more than the tolerance.
 """
 
-import functools
 import math
 
 import pytest
 import torch
 from cli_support import TINY, config, enter_workdir, run
+from small_models import SMALL_NETS
 from variant_cli import evaluate_everywhere, fit_and_resume, metrics_rows
 
 from vae_zoo.distributions import DiagNormal
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import DIPVAE, VAE
 from vae_zoo.models.dip_vae import dip_covariance, dip_parts
-from vae_zoo.networks import MLPDecoder, MLPEncoder
 
 SMALL = {
     "latent_dim": 4,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
+    **SMALL_NETS,
 }
 
 

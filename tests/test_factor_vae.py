@@ -3,7 +3,6 @@ and the CLI (fit, exact resume of both optimizers, test, predict, compare, sampl
 
 import copy
 import csv
-import functools
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import pytest
 import torch
 from cli_support import TINY, config, enter_workdir, run
 from lightning.pytorch.callbacks import Callback
+from small_models import SMALL_NETS, binary_images
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
@@ -22,14 +22,11 @@ from vae_zoo.errors import ConfigError
 from vae_zoo.evaluation import compare
 from vae_zoo.models import BaseVAE, FactorVAE
 from vae_zoo.models import factor_vae as fv
-from vae_zoo.networks import MLPDecoder, MLPEncoder
 from vae_zoo.schedules import LinearWarmup
 
 SMALL = {
     "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
+    **SMALL_NETS,
     "discriminator_hidden_dims": (12, 12),
     "val_k": 0,
 }
@@ -40,7 +37,7 @@ def small(**kwargs) -> FactorVAE:
 
 
 def _x(n: int = 8) -> Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 def naive_logit(model: FactorVAE, z: Tensor) -> Tensor:

@@ -1,28 +1,20 @@
 """InfoVAE / MMD-VAE: its loss against the paper's formula with a naive MMD, settings, the CLI."""
 
-import functools
 import math
 
 import pytest
 import torch
 from cli_support import enter_workdir
+from small_models import SMALL, binary_images
 from test_kernels import naive_mmd
 from variant_cli import check_bf16_mixed, check_end_to_end
 
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import VAE, InfoVAE
-from vae_zoo.networks import MLPDecoder, MLPEncoder
-
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 
 
 def _x(n: int = 10) -> torch.Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 @pytest.mark.parametrize(("alpha", "lam", "kernel"), [(0.0, 1000.0, "rbf"), (0.5, 3.0, "imq"),

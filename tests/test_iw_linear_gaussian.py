@@ -10,31 +10,13 @@ from functools import partial
 
 import pytest
 import torch
+from linear_gaussian import IdentityGaussian, LinearDecoder
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import MultivariateNormal
 
-from vae_zoo.likelihoods import Likelihood
 from vae_zoo.models import VAE
 
 X_DIM, Z_DIM, SIGMA = 6, 3, 0.5
-
-
-class IdentityGaussian(Likelihood):
-    """p(x|z) = N(params, SIGMA^2): the decoder output is the mean itself (no sigmoid)."""
-
-    def distribution(self, params: Tensor) -> Distribution:
-        return Independent(Normal(params, SIGMA), 3)
-
-
-class LinearDecoder(nn.Module):
-    def __init__(self, latent_dim, out_shape, cond_dim, w: Tensor, b: Tensor):
-        super().__init__()
-        self.out_shape = out_shape
-        self.register_buffer("w", w)
-        self.register_buffer("b", b)
-
-    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return (z @ self.w.T + self.b).view(-1, *self.out_shape)
 
 
 class PosteriorEncoder(nn.Module):
@@ -70,7 +52,7 @@ def _model(mean_shift: float = 0.0, logvar_shift: float = 0.0) -> VAE:
             PosteriorEncoder, w=w, b=b, mean_shift=mean_shift, logvar_shift=logvar_shift
         ),
         decoder=partial(LinearDecoder, w=w, b=b),
-        likelihood=IdentityGaussian(),
+        likelihood=IdentityGaussian(SIGMA),
     ).eval()
 
 

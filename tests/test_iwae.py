@@ -13,23 +13,16 @@ import math
 import pytest
 import torch
 from cli_support import TINY, config, enter_workdir, run
+from linear_gaussian import IdentityGaussian, LinearDecoder
+from small_models import SMALL
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 from variant_cli import evaluate_everywhere, fit_and_resume, metrics_rows
 
 from vae_zoo.distributions import DiagNormal
 from vae_zoo.errors import ConfigError
-from vae_zoo.likelihoods import Likelihood
 from vae_zoo.models import IWAE, VAE
-from vae_zoo.networks import MLPDecoder, MLPEncoder
 from vae_zoo.schedules import KLSchedule, LinearWarmup
-
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 
 
 class NoiseQueue:
@@ -99,24 +92,6 @@ def test_the_loss_is_differentiable_in_every_network() -> None:
 X_DIM, Z_DIM, SIGMA = 6, 3, 0.5
 
 
-class IdentityGaussian(Likelihood):
-    """p(x|z) = N(params, SIGMA^2): the decoder output is the mean."""
-
-    def distribution(self, params: Tensor) -> Distribution:
-        return Independent(Normal(params, SIGMA), 3)
-
-
-class LinearDecoder(nn.Module):
-    def __init__(self, latent_dim, out_shape, cond_dim, w: Tensor, b: Tensor) -> None:
-        super().__init__()
-        self.out_shape = out_shape
-        self.register_buffer("w", w)
-        self.register_buffer("b", b)
-
-    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return (z @ self.w.T + self.b).view(-1, *self.out_shape)
-
-
 class ShiftedPosterior(nn.Module):
     """The exact posterior's mean gain, shifted by 0.6; log-variance 0.8 above the exact one."""
 
@@ -142,7 +117,7 @@ def _linear_gaussian(k: int) -> tuple[IWAE, Tensor, Tensor]:
         image_shape=(1, 1, X_DIM),
         encoder=functools.partial(ShiftedPosterior, w=w, b=b),
         decoder=functools.partial(LinearDecoder, w=w, b=b),
-        likelihood=IdentityGaussian(),
+        likelihood=IdentityGaussian(SIGMA),
         k=k,
     ).double()
     return model, w, b

@@ -16,6 +16,8 @@ import math
 import pytest
 import torch
 from cli_support import TINY, enter_workdir, run
+from linear_gaussian import IdentityGaussian, LinearDecoder
+from small_models import SMALL_NETS, binary_images
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 from variant_cli import fit_and_resume
@@ -23,18 +25,15 @@ from variant_cli import fit_and_resume
 from vae_zoo.distributions import DiagNormal
 from vae_zoo.errors import ConfigError
 from vae_zoo.evaluation import compare
-from vae_zoo.likelihoods import Likelihood
 from vae_zoo.models import BaseVAE, LadderVAE
 from vae_zoo.models.ladder_vae import TopDownPosterior, TopDownPrior, precision_weighted
-from vae_zoo.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_zoo.networks import ConvDecoder, ConvEncoder
 from vae_zoo.schedules import LinearWarmup
 
 SMALL = {
     "latent_dim": 4,
     "top_latent_dim": 2,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
+    **SMALL_NETS,
     "ladder_hidden_dims": (8,),
     "val_k": 0,
 }
@@ -45,7 +44,7 @@ def small(**kwargs) -> LadderVAE:
 
 
 def _x(n: int = 6) -> Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 def diag(mu: Tensor, logvar: Tensor) -> Independent:
@@ -212,24 +211,6 @@ def _problem() -> dict[str, Tensor]:
     }
 
 
-class IdentityGaussian(Likelihood):
-    """p(x|z1) = N(params, SIGMA^2 I): the decoder's output is the mean itself."""
-
-    def distribution(self, params: Tensor) -> Independent:
-        return Independent(Normal(params, SIGMA), 3)
-
-
-class LinearDecoder(nn.Module):
-    def __init__(self, latent_dim, out_shape, cond_dim, w: Tensor, b: Tensor) -> None:
-        super().__init__()
-        self.out_shape = out_shape
-        self.register_buffer("w", w)
-        self.register_buffer("b", b)
-
-    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return (z @ self.w.T + self.b).view(-1, *self.out_shape)
-
-
 class BottomUpEncoder(nn.Module):
     """Layer 1's bottom-up Gaussian: the likelihood N(x; W z1 + b, sigma^2) as a Gaussian in z1."""
 
@@ -255,7 +236,7 @@ def _linear_ladder(shift: float = 0.0, z2_shift: float = 0.0, logvar_shift: floa
         image_shape=(1, 1, X_DIM),
         encoder=functools.partial(BottomUpEncoder, w=w, b=pb["b"], shift=shift),
         decoder=functools.partial(LinearDecoder, w=w, b=pb["b"]),
-        likelihood=IdentityGaussian(),
+        likelihood=IdentityGaussian(SIGMA),
         ladder_hidden_dims=(),
     ).eval()
     g = torch.diag(1.0 / (s1 + SIGMA**2 / w.pow(2).sum(0)))  # (S1 + V1)^-1

@@ -5,13 +5,13 @@ the CLI, logs its own term under train/, val/ and test/, and appears in ``compar
 """
 
 import csv
-import functools
 import json
 import math
 
 import pytest
 import torch
 from cli_support import TINY, config, enter_workdir, run
+from small_models import SMALL, binary_images
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from variant_batch_z import ZCenteredVAE
@@ -22,18 +22,10 @@ from vae_zoo.evaluation import compare
 from vae_zoo.metrics import SplitMetrics
 from vae_zoo.models import VAE, BaseVAE, get_model_class, list_models, register_model
 from vae_zoo.models.registry import variant_name
-from vae_zoo.networks import MLPDecoder, MLPEncoder
-
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 
 
 def _x(n: int = 6) -> Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 # --------------------------------------------------------------------------- the registry

@@ -434,7 +434,7 @@ def fake_sweep(tmp_path, values, **extra):
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     sweep = fake_sweep(tmp_path, [3, 2, 1, 5, 4])
     out = tmp_path / "out"
-    code = sweep_cli.main([str(sweep), "--out", str(out), "--poll", "0.05", "--no-compare"])
+    code = sweep_cli.main([str(sweep), "--out", str(out), "--poll", "0.05", "--no_compare"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "run_001 failed (exit 3): error: the model diverged" in printed
@@ -518,8 +518,8 @@ def test_beta_vae_sweep_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "sweep"
     code = sweep_cli.main(
-        ["sweeps/beta_vae_mnist.yaml", "--count", "3", "--out", str(out), "--wandb-mode",
-         "disabled", "--poll", "0.5", "--compare-k", "2", "--compare-n-test", "50", "--",
+        ["sweeps/beta_vae_mnist.yaml", "--count", "3", "--out", str(out), "--wandb_mode",
+         "disabled", "--poll", "0.5", "--compare_k", "2", "--compare_n_test", "50", "--",
          "--trainer.max_epochs=1", "--trainer.limit_train_batches=20",
          "--trainer.limit_val_batches=2", "--data.eval_batch_size=100", "--model.init_args.val_k=2",
          "--images.every_n_epochs=0"]
@@ -544,7 +544,7 @@ def test_beta_vae_sweep_end_to_end(tmp_path, monkeypatch):
 def test_dry_run_prints_the_run_commands(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "o"
-    code = sweep_cli.main(["sweeps/beta_vae_mnist.yaml", "--dry-run", "--out", str(out), "--",
+    code = sweep_cli.main(["sweeps/beta_vae_mnist.yaml", "--dry_run", "--out", str(out), "--",
                            "--trainer.max_epochs=1"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()

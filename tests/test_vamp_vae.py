@@ -9,13 +9,13 @@
 * through the CLI: the pseudo-inputs are trained, checkpointed and restored exactly on resume.
 """
 
-import functools
 import math
 
 import pytest
 import torch
 from cli_support import TINY, config, enter_workdir, run
 from fixed_noise import EpsBank
+from small_models import SMALL
 from torch import Tensor
 from torch.distributions import (
     Bernoulli,
@@ -29,14 +29,6 @@ from variant_cli import evaluate_everywhere, fit_and_resume, metrics_rows
 from vae_zoo.distributions import MixtureOfDiagNormals
 from vae_zoo.errors import ConfigError
 from vae_zoo.models import VampPriorVAE
-from vae_zoo.networks import MLPDecoder, MLPEncoder
-
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 
 
 def reference_mixture(mu: Tensor, logvar: Tensor) -> MixtureSameFamily:

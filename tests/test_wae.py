@@ -1,12 +1,12 @@
 """WAE-MMD: the point-mass posterior, the cost and MMD against naive computations, what is
 reported (no nll/elbo/kl for a deterministic encoder, a valid nll for a Gaussian one), the CLI."""
 
-import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 from cli_support import enter_workdir
+from small_models import SMALL, binary_images
 from test_kernels import naive_mmd
 from variant_cli import check_bf16_mixed, check_end_to_end
 
@@ -16,18 +16,10 @@ from vae_zoo.evaluation.compare import MD_COLUMNS, markdown_table
 from vae_zoo.kernels import WAE_SCALES
 from vae_zoo.metrics import SplitMetrics
 from vae_zoo.models import VAE, WAE
-from vae_zoo.networks import MLPDecoder, MLPEncoder
-
-SMALL = {
-    "latent_dim": 3,
-    "image_shape": (1, 8, 8),
-    "encoder": functools.partial(MLPEncoder, hidden_dims=(16,)),
-    "decoder": functools.partial(MLPDecoder, hidden_dims=(16,)),
-}
 
 
 def _x(n: int = 10) -> torch.Tensor:
-    return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3))
+    return binary_images(n)
 
 
 def test_point_mass_draws_its_location_and_has_no_density() -> None:

@@ -121,10 +121,19 @@ def _check_divisible(h: int, w: int, n: int) -> None:
         )
 
 
+def _halving_padding(kernel_size: int) -> int:
+    """Padding that makes a stride-2 convolution of this kernel halve an even size exactly."""
+    if kernel_size < 1:
+        raise ConfigError(f"kernel_size must be >= 1, got {kernel_size}")
+    return (kernel_size - 1) // 2
+
+
 class ConvEncoder(Encoder):
-    """Strided-conv encoder (28x28 -> 14x14 -> 7x7), then a linear (mu, logvar) head.
+    """Strided-conv encoder (28x28 -> 14x14 -> 7x7), then a hidden layer and a (mu, logvar) head.
 
     The condition is appended after the convolutions, where it costs one linear input per class.
+    ``kernel_size`` is that of every stride-2 convolution (4 by default; 3 is the Keras
+    tutorial's), padded so that each one halves the image exactly.
     """
 
     def __init__(
@@ -135,13 +144,15 @@ class ConvEncoder(Encoder):
         channels: Sequence[int] = (32, 64),
         hidden_dim: int = 256,
         act: str = "relu",
+        kernel_size: int = 4,
     ) -> None:
         super().__init__(image_shape, latent_dim, cond_dim)
         c, h, w = self.image_shape
         _check_divisible(h, w, len(channels))
+        pad = _halving_padding(kernel_size)
         layers: list[nn.Module] = []
         for n_in, n_out in zip([c, *channels[:-1]], channels, strict=True):
-            layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]
+            layers += [nn.Conv2d(n_in, n_out, kernel_size, stride=2, padding=pad), activation(act)]
         self.conv = nn.Sequential(*layers, nn.Flatten())
         flat = channels[-1] * (h // 2 ** len(channels)) * (w // 2 ** len(channels))
         self.head = mlp([flat + cond_dim, hidden_dim, 2 * latent_dim], act)
@@ -153,7 +164,15 @@ class ConvEncoder(Encoder):
 
 
 class ConvDecoder(Decoder):
-    """Linear layer to a 7x7 feature map, then transposed convs back to 28x28."""
+    """Linear layers to a 7x7 feature map, then transposed convs back to 28x28.
+
+    Default (``out_kernel_size=None``): the feature map has ``channels[0]`` channels and each
+    stride-2 transposed conv goes to the next entry of ``channels``, the last one to the
+    likelihood parameters. With ``out_kernel_size`` set, every entry of ``channels`` is the
+    output of one stride-2 transposed conv (from ``channels[0]`` feature-map channels) and a
+    stride-1 transposed conv of that kernel makes the parameters, as in the Keras tutorial's
+    decoder. ``hidden_dim=None`` maps z to the feature map with one linear layer.
+    """
 
     def __init__(
         self,
@@ -161,19 +180,38 @@ class ConvDecoder(Decoder):
         out_shape: tuple[int, int, int],
         cond_dim: int = 0,
         channels: Sequence[int] = (64, 32),
-        hidden_dim: int = 256,
+        hidden_dim: int | None = 256,
         act: str = "relu",
+        kernel_size: int = 4,
+        out_kernel_size: int | None = None,
     ) -> None:
         super().__init__(latent_dim, out_shape, cond_dim)
         c, h, w = self.out_shape
         _check_divisible(h, w, len(channels))
         self.start = (channels[0], h // 2 ** len(channels), w // 2 ** len(channels))
-        sizes = [latent_dim + cond_dim, hidden_dim, math.prod(self.start)]
-        self.fc = mlp(sizes, act, final_act=True)
+        hidden = [] if hidden_dim is None else [hidden_dim]
+        self.fc = mlp([latent_dim + cond_dim, *hidden, math.prod(self.start)], act, final_act=True)
+        pad = _halving_padding(kernel_size)
+        # output_padding completes the doubling when the kernel is odd (3: pad 1, out-pad 1)
+        up = {"stride": 2, "padding": pad, "output_padding": 2 + 2 * pad - kernel_size}
+        if out_kernel_size is None:
+            sizes = list(zip(channels, [*channels[1:], c], strict=True))
+        else:
+            sizes = list(zip([channels[0], *channels[:-1]], channels, strict=True))
         layers: list[nn.Module] = []
-        for n_in, n_out in zip(channels, [*channels[1:], c], strict=True):
-            layers += [nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1), activation(act)]
-        self.deconv = nn.Sequential(*layers[:-1])  # no activation on the likelihood parameters
+        for n_in, n_out in sizes:
+            layers += [nn.ConvTranspose2d(n_in, n_out, kernel_size, **up), activation(act)]
+        if out_kernel_size is not None:
+            if out_kernel_size < 1 or out_kernel_size % 2 == 0:
+                raise ConfigError(
+                    f"out_kernel_size must be odd and >= 1 to keep the image size, got "
+                    f"{out_kernel_size}"
+                )
+            out_pad = (out_kernel_size - 1) // 2
+            layers.append(nn.ConvTranspose2d(channels[-1], c, out_kernel_size, padding=out_pad))
+        else:
+            layers = layers[:-1]
+        self.deconv = nn.Sequential(*layers)  # no activation on the likelihood parameters
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         """[B, D] (+ [B, K]) -> [B, *out_shape]."""

@@ -20,7 +20,11 @@ class ImageGridLogger(Callback):
     * ``epoch_XXX_recon.png``: ``num_images`` fixed validation images (top row) above their
       reconstructions, the means of p(x|z=mu) (bottom row);
     * ``epoch_XXX_samples.png``: decoded prior samples, the same z every epoch; for a
-      conditional model one row per class.
+      conditional model one row per class;
+    * for a 2-D latent space, ``epoch_XXX_{latents,manifold,interpolations}.png``: the posterior
+      means of ``latent_points`` fixed validation images coloured by label, the decoded
+      manifold, and interpolations between pairs of those images (see
+      :func:`vae_zoo.evaluation.latent_figures.latent_panels`), to watch the clusters form.
 
     The PNGs go to ``dirpath`` (default ``<run_dir>/images``) and to every logger that can take
     images (W&B ``log_image``, TensorBoard ``add_image``); the others are skipped. Grids are
@@ -33,6 +37,7 @@ class ImageGridLogger(Callback):
         samples_per_class: samples per class row of a conditional model.
         seed: seed of the fixed prior draws.
         dirpath: folder of the PNG files (None: ``images`` in the run directory).
+        latent_points: validation images in the latent scatter (2-D latents; 0: no latent grids).
     """
 
     def __init__(
@@ -43,19 +48,24 @@ class ImageGridLogger(Callback):
         samples_per_class: int = 8,
         seed: int = 0,
         dirpath: str | None = None,
+        latent_points: int = 1000,
     ) -> None:
         if every_n_epochs < 0 or num_images < 1 or num_samples < 1 or samples_per_class < 1:
             raise ValueError(
                 "ImageGridLogger needs every_n_epochs >= 0 and num_images, num_samples, "
                 "samples_per_class >= 1"
             )
+        if latent_points < 0:
+            raise ValueError(f"ImageGridLogger needs latent_points >= 0, got {latent_points}")
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.num_samples = num_samples
         self.samples_per_class = samples_per_class
         self.seed = seed
         self.dirpath = dirpath
+        self.latent_points = latent_points
         self._fixed: tuple[Tensor, Tensor | None] | None = None
+        self._latent: list[tuple[Tensor, Tensor | None]] = []  # consecutive validation batches
 
     def on_validation_batch_end(
         self,
@@ -67,11 +77,20 @@ class ImageGridLogger(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Keep the first validation images seen, so every epoch shows the same ones."""
-        if self._fixed is not None or batch_idx != 0 or dataloader_idx != 0:
+        if dataloader_idx != 0:
             return
         x, y = pl_module.unpack(batch)
-        n = min(self.num_images, x.shape[0])
-        self._fixed = (x[:n].detach().clone(), None if y is None else y[:n].detach().clone())
+        if self._fixed is None and batch_idx == 0:
+            n = min(self.num_images, x.shape[0])
+            self._fixed = (x[:n].detach().clone(), None if y is None else y[:n].detach().clone())
+        # batch_idx == len(self._latent): batches 0, 1, 2, ... once each, across the sanity check
+        kept = sum(len(b[0]) for b in self._latent)
+        next_batch = batch_idx == len(self._latent)
+        if next_batch and kept < self.latent_points and self._wants_latents(pl_module):
+            self._latent.append((x.detach().cpu(), None if y is None else y.detach().cpu()))
+
+    def _wants_latents(self, model: Any) -> bool:
+        return self.latent_points > 0 and getattr(model, "latent_dim", None) == 2
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build, save and log the grids at the end of every ``every_n_epochs``-th epoch."""
@@ -88,6 +107,8 @@ class ImageGridLogger(Callback):
                 "recon": self.reconstruction_grid(pl_module),
                 "samples": self.sample_grid(pl_module),
             }
+            if self._latent and self._wants_latents(pl_module):
+                grids.update(self.latent_grids(pl_module, trainer))
         if not trainer.is_global_zero:
             return
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "images")
@@ -105,6 +126,18 @@ class ImageGridLogger(Callback):
         recon = model.reconstruct(x.to(model.dtype), y)  # bf16-true models hold bf16 weights
         pair = torch.cat([x.to(recon.dtype), recon]).float().cpu()
         return make_grid(pair, nrow=x.shape[0], pad_value=1.0)
+
+    def latent_grids(self, model: Any, trainer: L.Trainer) -> dict[str, Tensor]:
+        """Scatter, manifold and interpolation images of the kept validation images."""
+        from vae_zoo.evaluation.latent_figures import latent_panels
+
+        x = torch.cat([b[0] for b in self._latent])[: self.latent_points]
+        labels = [b[1] for b in self._latent]
+        y = None if any(t is None for t in labels) else torch.cat(labels)[: self.latent_points]
+        names = getattr(trainer.datamodule, "class_names", None)
+        name = f"epoch {trainer.current_epoch}"
+        panels = latent_panels(name, model, x, y, names, seed=self.seed)
+        return {kind: panel.image for kind, panel in panels.items()}
 
     @torch.no_grad()
     def sample_grid(self, model: Any) -> Tensor:

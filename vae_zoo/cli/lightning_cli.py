@@ -2,7 +2,8 @@
 
 On top of LightningCLI it chooses the run directory (see :mod:`vae_zoo.runs`), always logs
 ``metrics.csv`` and ``train/images_per_sec`` there, saves ``best.ckpt`` and ``last.ckpt``
-(every epoch end and on Ctrl-C or SIGTERM), logs image grids, resolves
+(every epoch end and on Ctrl-C or SIGTERM), logs image grids, adds the classifier metrics
+(``recon_acc``, ``cond_acc``, ``fid_clf``) to ``test``, resolves
 ``--ckpt_path last|best`` to the latest run, refuses a checkpoint of another variant and an
 evaluation without a checkpoint, and prints where the results went.
 
@@ -36,6 +37,7 @@ from vae_zoo.callbacks import (
     InterruptCheckpoint,
     LastCheckpoint,
 )
+from vae_zoo.callbacks.classifier_metrics import ClassifierMetrics
 from vae_zoo.checkpoints import AtomicCheckpointIO, variant_of
 from vae_zoo.cli.parser import VAEZooParser, check_config_files
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
@@ -310,6 +312,11 @@ class VAEZooCLI(LightningCLI):
         callbacks.append(section["images"])
         if fitting and not any(isinstance(cb, ImagesPerSecond) for cb in callbacks):
             callbacks.append(ImagesPerSecond())
+        has_classifier = any(isinstance(cb, ClassifierMetrics) for cb in callbacks)
+        if self.subcommand == "test" and not has_classifier:
+            # test/recon_acc, cond_acc and fid_clf whenever a classifier is cached; configure
+            # it by listing it in trainer.callbacks (e.g. with init_args.fid_samples)
+            callbacks.append(ClassifierMetrics())
         if self.subcommand is not None:
             callbacks.append(_Announce(self))
         return callbacks

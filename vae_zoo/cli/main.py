@@ -24,11 +24,12 @@ PROG = "python -m vae_zoo"
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "fit": (None, "train a model: fit --config mnist/vae"),
     "validate": (None, "evaluate a checkpoint on the validation split"),
-    "test": (None, "evaluate a checkpoint on the test split (test/elbo, test/nll, test/bpd)"),
+    "test": (None, "evaluate a checkpoint on the test split (test/nll, test/elbo, fid_clf, ...)"),
     "predict": (None, "encode and reconstruct with a checkpoint; writes predictions.pt"),
     "data": ("vae_zoo.data.cli", "fetch or verify the MNIST / Fashion-MNIST files"),
     "compare": ("vae_zoo.evaluation.compare", "evaluate runs on the same test images side by side"),
     "sample": ("vae_zoo.evaluation.sample", "save a grid of a checkpoint's prior samples as PNG"),
+    "latent": ("vae_zoo.evaluation.latent", "draw a run's latent space (scatter, manifold, paths)"),
     "sweep": ("vae_zoo.sweep.cli", "run a W&B sweep file offline (grid/random/bayes), rank runs"),
     "classifier": (
         "vae_zoo.evaluation.classifier",

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vae_zoo.cli.flags import add_flag
 from vae_zoo.data.checksums import DATASETS, dataset_info, expected_checksums
 from vae_zoo.data.sources import (
     CORRUPT_SUFFIX,
@@ -34,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--dataset", choices=[*DATASETS, "all"], default="all", help="default: all"
         )
-        command.add_argument(
+        add_flag(
+            command,
             "--data_dir",
             default=None,
             help=f"data folder (default: ${DATA_ENV}, else ./data)",
         )
-    fetch.add_argument(
-        "--no-download",
+    add_flag(
+        fetch,
+        "--no_download",
         dest="download",
         action="store_false",
         help="only look at local files; never try the network sources",

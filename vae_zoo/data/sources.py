@@ -332,7 +332,7 @@ def provision(
         where = " or ".join(f"{folder}/" for folder in folders)
         attempts = [(f"files under {root}", local.reasons(where))]
         if not download:
-            attempts.append(("downloads", ["not tried: download=False (--no-download)"]))
+            attempts.append(("downloads", ["not tried: download=False (--no_download)"]))
             raise DataUnavailableError(info, root, attempts)
         _fetch_missing(dataset, table, found, root / info.folder, attempts, progress)
     for name, errors in damaged.items():

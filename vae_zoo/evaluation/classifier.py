@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vae_zoo.cli.flags import add_flag
 from vae_zoo.errors import ConfigError, VAEZooError
 
 FORMAT_VERSION = 1
@@ -68,6 +69,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Images [B, C, H, W] in [0, 1] -> class logits [B, K]."""
         return self.head(self.features(x))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [0, 1] -> penultimate-layer features [B, hidden] (after ReLU)."""
+        return self.head[:-1](self.features(x))
 
 
 @dataclass
@@ -298,21 +303,26 @@ def get_classifier(
     return clf.to(device)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train (or re-train with --force) and cache the classifier of one data set."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m vae_zoo.evaluation.classifier``."""
     parser = argparse.ArgumentParser(
         prog="python -m vae_zoo classifier",
         description="Train the small CNN classifier used by `compare` for cond_acc/recon_acc.",
     )
     parser.add_argument("--dataset", required=True, help="mnist or fashion_mnist")
-    parser.add_argument("--data-dir", default=None, help="data folder (default $VAE_ZOO_DATA)")
+    add_flag(parser, "--data_dir", default=None, help="data folder (default $VAE_ZOO_DATA)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
+    add_flag(parser, "--batch_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help=f"file to write (default {cache_dir()}/...)")
     parser.add_argument("--force", action="store_true", help="train even if one is cached")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or re-train with --force) and cache the classifier of one data set."""
+    args = build_parser().parse_args(argv)
     try:
         if not args.force and args.out is None:
             cached = find_classifier(args.dataset, args.data_dir)

@@ -1,17 +1,17 @@
 """``python -m vae_zoo compare``: evaluate trained runs on the same test images, side by side.
 
-Every model is loaded from its run folder or checkpoint, evaluated on the first ``--n-test``
+Every model is loaded from its run folder or checkpoint, evaluated on the first ``--n_test``
 images of its data set's test split (the same images, in the same order, for every model of
 that data set) with the same seed, and drawn in the same figures. Outputs in ``--out``:
 
 * ``comparison.md``, ``comparison.csv``, ``comparison.json``: one row per run (the JSON adds
   the per-unit KL and posterior-mean variance vectors and the settings);
 * ``comparison.png``: reconstructions, prior samples, beta-VAE traversals, CVAE class grids,
-  2-D latent manifolds and the training curves; each panel also as its own PNG.
+  the test posterior means of every model (PCA when D > 2), 2-D latent manifolds,
+  interpolations and the training curves; each panel also as its own PNG.
 
-``recon_acc`` and ``cond_acc`` need a classifier of the data set (see
-:mod:`vae_zoo.evaluation.classifier`); they are computed here, not in ``test``, so that no
-model ever carries one.
+``recon_acc``, ``cond_acc`` and ``fid_clf`` (:mod:`vae_zoo.evaluation.fid`) need a classifier of
+the data set (see :mod:`vae_zoo.evaluation.classifier`), which is never part of a model.
 """
 
 import argparse
@@ -30,14 +30,18 @@ from torch import Tensor
 
 from vae_zoo import runs
 from vae_zoo.callbacks.images_per_second import METRIC as THROUGHPUT_METRIC
+from vae_zoo.cli.flags import add_flag, add_test_set_flags, add_wandb_flags
 from vae_zoo.errors import ConfigError, VAEZooError
-from vae_zoo.evaluation import figures
+from vae_zoo.evaluation import figures, latent_figures
+from vae_zoo.evaluation.aggregate_posterior import aggregate_posterior_stats
 from vae_zoo.evaluation.classifier import (
     ClassifierUnavailableError,
     TrainedClassifier,
     get_classifier,
 )
 from vae_zoo.evaluation.evaluate import Evaluation, evaluate
+from vae_zoo.evaluation.fid import DEFAULT_SAMPLES, ClassifierFID, grey_images
+from vae_zoo.evaluation.latent_codes import latent_is_continuous, posterior_means
 from vae_zoo.evaluation.loading import (
     LoadedRun,
     likelihood_name,
@@ -46,6 +50,7 @@ from vae_zoo.evaluation.loading import (
     resolve_device,
     unique_labels,
 )
+from vae_zoo.evaluation.wandb_upload import log_to_wandb
 from vae_zoo.metrics import ACTIVE_UNIT_THRESHOLD
 
 PROG = "python -m vae_zoo compare"
@@ -77,12 +82,17 @@ MD_COLUMNS = (
     ("kl_dim_max", "max KL/dim", "{:.2f}"),
     ("recon_acc", "recon acc", "{:.3f}"),
     ("cond_acc", "cond acc", "{:.3f}"),
+    ("mmd_qp", "MMD²(q,p)", "{:.4f}"),
+    ("tc_q", "TC(q)", "{:.2f}"),
+    ("fid_clf", "fid_clf", "{:.2f}"),
+    ("fid_clf_ref", "fid ref", "{:.2f}"),
+    ("classifier_acc", "clf acc", "{:.4f}"),
     ("other_terms", "other terms", "{}"),
 )
 #: metrics with a column of their own; a variant's other terms share the last column
 STANDARD_METRICS = (
     "nll", "bpd", "elbo", "recon", "kl", "loss", "mse", "kl_dim_max", "active_units",
-    "recon_acc", "cond_acc",
+    "recon_acc", "cond_acc", "mmd_qp", "tc_q", "fid_clf", "fid_clf_ref", "classifier_acc",
 )
 
 
@@ -108,26 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="run folders or .ckpt files")
     p.add_argument("--out", default="outputs/compare", help="output folder (default %(default)s)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for NLL (%(default)s)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (%(default)s)")
-    p.add_argument("--data-dir", default=None, help="data folder for every run (default: the "
-                   "run's own setting, else $VAE_ZOO_DATA)")
-    p.add_argument("--dataset", default=None, help="data set of runs whose config does not say")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=100, help="evaluation batch (%(default)s)")
+    add_test_set_flags(p, 100, "evaluation batch", runs="runs")
     p.add_argument(
         "--classifier",
         default="auto",
-        help="for recon_acc/cond_acc: auto (cached, else train one), cached, train, none, "
-        "or a classifier file (default %(default)s)",
+        help="for recon_acc/cond_acc/fid_clf: auto (cached, else train one), cached, train, "
+        "none, or a classifier file (default %(default)s)",
     )
-    p.add_argument("--samples-per-class", type=int, default=100,
-                   help="CVAE samples per class for cond_acc (%(default)s)")
-    p.add_argument("--active-threshold", type=float, default=ACTIVE_UNIT_THRESHOLD,
-                   help="Cov_x(E_q[z_u]) above which a unit is active (%(default)s)")
-    p.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B "
-                   "(offline without credentials)")
-    p.add_argument("--wandb-project", default="vae_zoo", help="W&B project (%(default)s)")
+    add_flag(p, "--samples_per_class", type=int, default=100,
+             help="CVAE samples per class for cond_acc (%(default)s)")
+    add_flag(p, "--fid_samples", type=int, default=DEFAULT_SAMPLES,
+             help="samples, test and training images for fid_clf and its reference "
+             "(%(default)s; 0: no fid_clf)")
+    add_flag(p, "--active_threshold", type=float, default=ACTIVE_UNIT_THRESHOLD,
+             help="Cov_x(E_q[z_u]) above which a unit is active (%(default)s)")
+    add_wandb_flags(p, "the table and figures")
     return p
 
 
@@ -147,9 +153,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     if args.n_test is not None and args.n_test < 1:
-        raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
+        raise ConfigError(f"--n_test must be >= 1, got {args.n_test}")
     if args.batch_size < 1 or args.samples_per_class < 1:
-        raise ConfigError("--batch-size and --samples-per-class must be >= 1")
+        raise ConfigError("--batch_size and --samples_per_class must be >= 1")
+    if args.fid_samples < 0 or args.fid_samples == 1:
+        raise ConfigError(f"--fid_samples must be 0 (off) or >= 2, got {args.fid_samples}")
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,6 +170,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         run.name = label
     test_sets = _test_sets(runs, args)
     classifiers, notes = _classifiers(test_sets, args, device)
+    fids, fid_refs = _fid_references(test_sets, classifiers, args, notes)
 
     rows, evaluations = [], {}
     for run in runs:
@@ -180,6 +189,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             samples_per_class=args.samples_per_class,
             progress=run.name,
         )
+        L.seed_everything(args.seed, verbose=False)
+        ev.metrics.update(aggregate_posterior_stats(run.model, ts.x, ts.y, args.batch_size))
+        if ts.dataset in fids:
+            L.seed_everything(args.seed, verbose=False)
+            ev.metrics["fid_clf"] = fids[ts.dataset].of_model(run.model, args.fid_samples)
+            ev.metrics["fid_clf_ref"] = fid_refs[ts.dataset]
+        if ts.dataset in classifiers:
+            ev.metrics["classifier_acc"] = classifiers[ts.dataset].test_accuracy
         evaluations[run.name] = ev
         rows.append(_row(run, ts, ev, args))
         notes += [f"{run.name}: {n}" for n in ev.notes]
@@ -195,13 +212,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "k": args.k,
             "n_test": args.n_test,
+            "fid_samples": args.fid_samples,
             "seed": args.seed,
             "device": str(device),
             "active_threshold": args.active_threshold,
             "datasets": datasets,
         },
         "classifiers": {
-            name: {"path": str(c.path) if c.path else None, "test_accuracy": c.test_accuracy}
+            name: {"path": str(c.path) if c.path else None, "test_accuracy": c.test_accuracy,
+                   "fid_clf_ref": fid_refs.get(name)}
             for name, c in classifiers.items()
         },
         "runs": [
@@ -216,7 +235,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     (out / "comparison.md").write_text(markdown(rows, report))
     images = _figures(runs, test_sets, evaluations, args, out)
     if args.wandb:
-        _log_wandb(rows, images, args, out)
+        config = {"k": args.k, "n_test": args.n_test, "seed": args.seed, "runs": args.runs,
+                  "fid_samples": args.fid_samples}
+        log_to_wandb(out, args.wandb_project, "compare", config, images, rows, "comparison")
     print(markdown_table(rows))
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.json and "
           f"{len(images)} PNGs to {out}", file=sys.stderr)
@@ -230,16 +251,23 @@ def _data_key(run: LoadedRun, args: argparse.Namespace) -> tuple:
 
 
 def _data_settings(run: LoadedRun, args: argparse.Namespace) -> dict[str, Any]:
+    return run_data_settings(run, args.data_dir, args.dataset)
+
+
+def run_data_settings(
+    run: LoadedRun, data_dir: str | None = None, dataset: str | None = None
+) -> dict[str, Any]:
+    """The data-module settings of a run, with ``--data_dir``/``--dataset`` applied."""
     settings = dict(run.data)
-    if args.data_dir is not None:
-        settings["data_dir"] = args.data_dir
+    if data_dir is not None:
+        settings["data_dir"] = data_dir
     if not settings.get("dataset"):
-        if args.dataset is None:
+        if dataset is None:
             raise ConfigError(
                 f"{run.source}: neither a config.yaml nor the checkpoint says which data set "
                 "the model was trained on; pass --dataset mnist or --dataset fashion_mnist"
             )
-        settings["dataset"] = args.dataset
+        settings["dataset"] = dataset
     return settings
 
 
@@ -322,6 +350,36 @@ def _classifiers(
                 f"(its own test accuracy: {clf.test_accuracy:.4f})"
             )
     return found, notes
+
+
+def _fid_references(
+    test_sets: dict[tuple, TestSet],
+    classifiers: dict[str, TrainedClassifier],
+    args: argparse.Namespace,
+    notes: list[str],
+) -> tuple[dict[str, ClassifierFID], dict[str, float]]:
+    """Per data set: the fid_clf evaluator on its grey test images and the reference distance."""
+    fids: dict[str, ClassifierFID] = {}
+    refs: dict[str, float] = {}
+    if not args.fid_samples:
+        notes.append("fid_clf skipped (--fid_samples 0)")
+        return fids, refs
+    for ts in test_sets.values():
+        if ts.dataset in fids or ts.dataset not in classifiers:
+            continue
+        train, test = grey_images(ts.dataset, ts.settings.get("data_dir"), args.fid_samples)
+        print(f"fid_clf on {ts.dataset}: {len(test)} grey test images, reference with "
+              f"{len(train)} training images", file=sys.stderr)
+        fids[ts.dataset] = ClassifierFID(classifiers[ts.dataset], test, args.batch_size)
+        refs[ts.dataset] = fids[ts.dataset].of_images(train)
+        notes.append(
+            f"fid_clf on {ts.dataset}: Fréchet distance between the classifier's penultimate "
+            f"features of {args.fid_samples} mean samples E[x|z] and of {len(test)} grey-level "
+            f"test images; reference (fid ref) {refs[ts.dataset]:.2f} = the same distance for "
+            f"{len(train)} training images; classifier test accuracy "
+            f"{classifiers[ts.dataset].test_accuracy:.4f}"
+        )
+    return fids, refs
 
 
 # ---------------------------------------------------------------------- rows
@@ -429,6 +487,15 @@ def markdown(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
         "(bound) marks an NLL that is a bound, not an importance-sampled estimate; "
         "other terms = the variant's own terms; recon acc = classifier accuracy on "
         "reconstructions; cond acc = fraction of CVAE samples of class c classified as c; "
+        "MMD²(q,p) = unbiased MMD² (IMQ kernel, scales 2D·{0.1..10}) between one z ~ q(z|x) "
+        "per test image and as many prior draws; TC(q) = total correlation of the test set's "
+        "aggregate posterior, exact over its components (diagonal-Gaussian posteriors only; "
+        "it grows with the number of test images, compare it at one n_test); "
+        f"fid_clf = Fréchet distance between the classifier's penultimate-layer features of "
+        f"{s['fid_samples']} mean samples E[x|z], z ~ p(z), and of as many grey-level test "
+        "images (fewer when the test set is smaller, see the notes; lower is better); fid ref "
+        "= the same distance for training images instead of samples (what real images "
+        "score); clf acc = the classifier's own test accuracy; "
         "train img/s: " + _throughput_note(rows) + ".",
         "",
         "NLL and bits/dim compare models only with the same likelihood and the same "
@@ -490,6 +557,7 @@ def _figures(
             panels.append(figures.class_grid_panel(run.name, run.model, ts.class_names))
         if run.model.latent_dim == 2:
             panels.append(figures.manifold_panel(run.name, run.model))
+    panels += _latent_panels(runs, test_sets, args)
     curves = {run.name: read_metrics_csv(run.metrics_csv) for run in runs}
     written = [figures.save_panel(p, out / f"{p.slug}.png") for p in panels]
     fig = figures.curves_figure(curves)
@@ -501,34 +569,42 @@ def _figures(
     return written
 
 
-def _log_wandb(rows: list[dict[str, Any]], images: list[Path], args: argparse.Namespace,
-               out: Path) -> None:
-    """Log the table and the PNGs to a W&B run (offline without credentials); never fatal."""
-    try:
-        import wandb
+def _latent_panels(
+    runs: list[LoadedRun], test_sets: dict[tuple, TestSet], args: argparse.Namespace
+) -> list[figures.Panel]:
+    """Per test set the posterior-mean scatters of its models side by side; interpolations.
 
-        from vae_zoo.loggers import prepare_wandb
+    Models with a discrete latent (the VQ-VAE's code indices) have no posterior means: skipped.
+    """
+    panels = []
+    runs = [
+        r for r in runs if latent_is_continuous(r.model, *_first(test_sets[_data_key(r, args)]))
+    ]
+    for i, ts in enumerate(test_sets.values()):
+        scatters = []
+        for name in ts.runs:
+            run = next((r for r in runs if r.name == name), None)
+            if run is None:
+                continue
+            scatters.append((name, posterior_means(run.model, ts.x, ts.y, args.batch_size), ts.y))
+        if not scatters:
+            continue
+        slug = "latents" if len(test_sets) == 1 else f"latents_{i}"
+        title = f"Posterior means E[z|x] of the {_test_set_name(ts)}, coloured by label"
+        panels.append(latent_figures.scatter_panel(title, scatters, ts.class_names, slug))
+    for run in runs:
+        ts = test_sets[_data_key(run, args)]
+        if len(ts.x) < 2:
+            continue
+        panels.append(latent_figures.interpolation_panel(
+            run.name, run.model, ts.x, ts.y, ts.class_names, seed=args.seed
+        ))
+    return panels
 
-        mode = prepare_wandb(out)
-        run = wandb.init(
-            project=args.wandb_project,
-            dir=str(out),
-            job_type="compare",
-            mode=mode,
-            config={"k": args.k, "n_test": args.n_test, "seed": args.seed, "runs": args.runs},
-            settings=wandb.Settings(init_timeout=60),
-        )
-        columns = list(rows[0])
-        table = wandb.Table(columns=columns, data=[[_plain(r[c]) for c in columns] for r in rows])
-        run.log({"comparison": table, **{f"figures/{p.stem}": wandb.Image(str(p)) for p in images}})
-        run.finish()
-    except Exception as err:  # W&B trouble must not lose the files already written
-        print(f"warning: logging to W&B failed ({type(err).__name__}: {err}); the files in "
-              f"{out} are complete", file=sys.stderr)
 
-
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+def _first(ts: TestSet) -> tuple[Tensor, Tensor | None]:
+    """One test image (and label) of a test set: enough to ask a model about its latent."""
+    return ts.x[:1], None if ts.y is None else ts.y[:1]
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from vae_zoo.evaluation.latent_codes import posterior_mean, prior_latents  # noqa: E402
 from vae_zoo.models import BaseVAE  # noqa: E402
 
 PAD = 2
@@ -50,17 +51,11 @@ def _mean_images(model: BaseVAE, z: Tensor, labels: Tensor | None) -> Tensor:
     return model.likelihood.mean(model.decode(z, labels))
 
 
-def _prior_z(model: BaseVAE, eps: Tensor, labels: Tensor | None) -> Tensor:
-    """Map standard-normal draws ``eps`` through a Gaussian p(z|c); other priors take eps as z."""
-    from_noise = getattr(model.prior(labels), "from_noise", None)
-    return eps if from_noise is None else from_noise(eps)
-
-
 @torch.no_grad()
 def reconstructions(model: BaseVAE, x: Tensor, y: Tensor | None) -> Tensor:
     """Mean reconstructions E[x | z = mu] of ``x`` (on the model's device, returned on CPU)."""
-    x = x.to(model.device)
     y = None if y is None else y.to(model.device)
+    x = x.to(model.device, model.dtype)
     return model.reconstruct(x, y).cpu()
 
 
@@ -97,7 +92,7 @@ def traversal_panel(
     order = sorted(range(len(kl_per_dim)), key=lambda d: -kl_per_dim[d])[:max_dims]
     x0 = x0[:1].to(model.device)
     y0 = None if y0 is None else y0[:1].to(model.device)
-    mu = model.posterior(x0, y0).mean
+    mu = posterior_mean(model, x0, y0)
     values = torch.linspace(-span, span, steps, device=model.device)
     rows = []
     for d in order:
@@ -120,7 +115,7 @@ def class_grid_panel(
     rows = []
     for k in range(num_classes):
         labels = torch.full((per_class,), k, dtype=torch.long, device=model.device)
-        rows.append(_mean_images(model, _prior_z(model, eps, labels), labels).cpu())
+        rows.append(_mean_images(model, prior_latents(model, eps, labels), labels).cpu())
     names = list(class_names) if class_names and len(class_names) == num_classes else None
     row_labels = names or [str(k) for k in range(num_classes)]
     title = f"{name}: class-conditional samples (same z in each column)"
@@ -132,13 +127,13 @@ def manifold_panel(name: str, model: BaseVAE, n: int = 15) -> Panel:
     """For a 2-D latent: images decoded on an n x n grid of prior quantiles (5% to 95%)."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")  # z2 grows upwards, as in a plot
-    eps = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).to(model.device)
+    eps = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).to(model.device, model.dtype)
     labels = None
     note = ""
     if model.num_classes:
         labels = torch.zeros(len(eps), dtype=torch.long, device=model.device)
         note = " (class 0)"
-    images = _mean_images(model, _prior_z(model, eps, labels), labels).cpu()
+    images = _mean_images(model, prior_latents(model, eps, labels), labels).cpu()
     title = f"{name}: 2-D latent manifold{note}, prior quantiles 0.05..0.95"
     return Panel(title, grid(images, nrow=n), None, f"manifold_{_slug(name)}")
 

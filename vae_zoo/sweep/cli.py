@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from vae_zoo.cli.flags import add_flag
 from vae_zoo.errors import VAEZooError
 from vae_zoo.shipped import locate
 
@@ -62,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0,
         help="seed of the proposals (random/bayes draws); runs keep their config's seed",
     )
-    parser.add_argument(
-        "--wandb-mode", choices=("offline", "disabled"), default="offline",
+    add_flag(
+        parser, "--wandb_mode", choices=("offline", "disabled"), default="offline",
         help="WANDB_MODE of the runs when the command logs to W&B (default offline: "
         "`wandb sync` can upload them later)",
     )
@@ -71,21 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll", type=float, default=2.0,
         help="seconds between reads of the runs' metrics.csv (hyperband decisions)",
     )
-    parser.add_argument(
-        "--no-check", action="store_true",
+    add_flag(
+        parser, "--no_check", action="store_true",
         help="skip checking the parameters with `fit --print_config` before the first run",
     )
-    parser.add_argument("--no-compare", action="store_true", help="do not run `compare` at the end")
-    parser.add_argument(
-        "--compare-k", type=int, default=100,
+    add_flag(parser, "--no_compare", action="store_true", help="do not run `compare` at the end")
+    add_flag(
+        parser, "--compare_k", type=int, default=100,
         help="importance samples per image for compare's test NLL (default 100: quick)",
     )
-    parser.add_argument(
-        "--compare-n-test", type=int, default=1000,
+    add_flag(
+        parser, "--compare_n_test", type=int, default=1000,
         help="test images compare evaluates (default 1000: quick)",
     )
-    parser.add_argument(
-        "--dry-run", action="store_true",
+    add_flag(
+        parser, "--dry_run", action="store_true",
         help="print the first runs' command lines (first proposals) and exit",
     )
     return parser
@@ -131,8 +132,9 @@ def run_compare(records: list[RunRecord], out: Path, k: int, n_test: int) -> int
             return None
         raise
     dirs = [str(r.run_dir) for r in records]
-    argv = [*dirs, "--out", str(out / "compare"), "--k", str(k), "--n-test", str(n_test),
-            "--classifier", "cached"]
+    # fid_clf with as many samples as test images keeps the quick comparison quick
+    argv = [*dirs, "--out", str(out / "compare"), "--k", str(k), "--n_test", str(n_test),
+            "--fid_samples", str(max(n_test, 2)), "--classifier", "cached"]
     print(f"sweep: comparing {len(dirs)} runs: python -m vae_zoo compare {shlex.join(argv)}")
     return int(compare.main(argv) or 0)
 
