@@ -6,7 +6,7 @@ For each model (the default MLP VAE of ``configs/mnist/vae.yaml``, and the same 
 (a) ``lightning``: ``VAEZooCLI(args=["fit", ...])``, i.e. ``python -m vae_zoo fit`` itself: the
     real ``VAEDataModule`` over real MNIST (``$VAE_ZOO_DATA``, dynamic binarization) and the
     callbacks and loggers a default ``fit`` has (checkpoints, image grids, ``metrics.csv``). The
-    progress bar is off unless ``--progress-bar``, so the output stays readable;
+    progress bar is off unless ``--progress_bar``, so the output stays readable;
 (b) ``plain``: a hand-written loop over the data module's training images held in one tensor,
     with a fresh model of the same class, config and seed (same initial weights, checked), the
     same Adam settings, batch size, device, precision and dynamic binarization
@@ -44,6 +44,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+
+from vae_zoo.cli.flags import add_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mnist" / "vae.yaml"
@@ -239,7 +241,7 @@ def check_window(setup: Setup, num_train: int) -> None:
         sys.exit(
             f"error: --warmup + --steps = {setup.warmup + setup.steps} exceeds one epoch "
             f"({per_epoch} batches of {setup.batch_size}); the timed window would include "
-            "validation and checkpointing. Use fewer steps or a smaller --batch-size."
+            "validation and checkpointing. Use fewer steps or a smaller --batch_size."
         )
 
 
@@ -294,7 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300, help="timed training steps per run")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps before the window")
-    p.add_argument("--batch-size", type=int, default=128)
+    add_flag(p, "--batch_size", type=int, default=128)
     p.add_argument("--models", default="mlp,conv", help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", default="32-true", choices=PRECISIONS)
@@ -302,7 +304,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternating (lightning, plain) pairs")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both sides)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on")
+    add_flag(p, "--progress_bar", action="store_true", help="keep Lightning's progress bar on")
     args = p.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
@@ -316,7 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.precision == "16-mixed" and args.device != "cuda":
         p.error("--precision 16-mixed needs --device cuda (use bf16-mixed on a CPU)")
     if min(args.steps, args.warmup, args.repeats, args.batch_size) < 1:
-        p.error("--steps, --warmup, --repeats and --batch-size must be >= 1")
+        p.error("--steps, --warmup, --repeats and --batch_size must be >= 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     return args

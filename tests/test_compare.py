@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -136,6 +137,8 @@ def test_compare_writes_the_table_and_figures(env: Env, capsys: pytest.CaptureFi
         assert max(row["kl_per_dim"]) == pytest.approx(row["kl_dim_max"], rel=1e-5)
         assert 0 <= row["recon_acc"] <= 1 and row["params"] > 0 and row["n_test"] == 40
     assert 0 <= rows["cvae"]["cond_acc"] <= 1 and rows["beta"]["cond_acc"] is None
+    for row in rows.values():  # the aggregate posterior against the prior, for every model
+        assert math.isfinite(row["mmd_qp"]) and math.isfinite(row["tc_q"])
     for row in rows.values():  # fid_clf beside its reference and the classifier's accuracy
         own = report["classifiers"][row["dataset"]]
         assert row["fid_clf_ref"] == own["fid_clf_ref"] and 0 <= row["fid_clf_ref"]

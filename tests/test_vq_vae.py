@@ -425,7 +425,7 @@ def test_fit_validate_test_predict_compare_and_sample_through_the_cli(
     assert compare.main(argv) == 0
     row = json.loads((out / "comparison.json").read_text())["runs"][0]
     assert row["variant"] == "vq_vae" and row["nll_is_bound"] is True
-    for key in ("kl", "elbo", "active_units", "kl_dim_max"):
+    for key in ("kl", "elbo", "active_units", "kl_dim_max", "mmd_qp", "tc_q"):
         assert row[key] is None, key
     assert row["dead_codes"] >= 0 and row["perplexity"] >= 1 and row["mse"] > 0
     assert row["kl_per_dim"] is None and row["mu_variance"] is None

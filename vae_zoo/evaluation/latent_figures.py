@@ -10,6 +10,7 @@
 of ``ImageGridLogger``); ``compare`` puts the scatters of all its models side by side.
 """
 
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -28,6 +29,7 @@ from vae_zoo.evaluation.latent_codes import posterior_mean, posterior_means, pro
 from vae_zoo.models import BaseVAE  # noqa: E402
 
 SCATTER_INCHES = 4.5
+SCATTER_COLUMNS = 4  # plots a row in a scatter panel of several runs
 INTERPOLATION_PAIRS = 8
 INTERPOLATION_STEPS = 10
 
@@ -54,13 +56,17 @@ def scatter_panel(
     """Scatter plots, side by side, of posterior means ``(name, z [N, D], labels [N])`` per run.
 
     Each subplot's title says how the points were made (the 2-D means, or a PCA of larger ones
-    with the variance its two axes keep).
+    with the variance its two axes keep). At most SCATTER_COLUMNS plots a row: many runs wrap.
     """
+    cols = min(len(runs), SCATTER_COLUMNS)
+    rows = math.ceil(len(runs) / cols)
     fig, axes = plt.subplots(
-        1, len(runs), figsize=(SCATTER_INCHES * len(runs), SCATTER_INCHES), squeeze=False
+        rows, cols, figsize=(SCATTER_INCHES * cols, SCATTER_INCHES * rows), squeeze=False
     )
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
     colours = plt.get_cmap("tab10")
-    for ax, (name, z, labels) in zip(axes[0], runs, strict=True):
+    for ax, (name, z, labels) in zip(axes.flat, runs, strict=False):
         points, how = project_2d(z.detach().float().cpu())
         size = 2 if len(points) > 2000 else 6  # thousands of points: small dots show density
         if labels is None:
