@@ -181,3 +181,8 @@ class PauseAt(Callback):
 if __name__ == "__main__":
     CHECKSUMS.update(json.loads(os.environ[CHECKSUMS_ENV]))
     sys.exit(main(sys.argv[1:]))
+
+
+def step_of(path: Path) -> int:
+    """The global step stored in a checkpoint."""
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]

@@ -1,7 +1,10 @@
 """Generic fixtures shared by the whole test suite; keep this file small."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from cli_support import enter_workdir
 
 # The tests use tiny tensors on a small shared machine: extra intra-op threads only contend
 # for the cores (a 2-thread run of the suite was ~3x slower than a 1-thread run under load).
@@ -32,3 +35,11 @@ def _fresh_wandb():
     wandb = sys.modules.get("wandb")
     if wandb is not None and hasattr(wandb, "teardown"):
         wandb.teardown()
+
+
+@pytest.fixture
+def workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A fresh working directory with the tiny data sets."""
+    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)

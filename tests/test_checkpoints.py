@@ -6,25 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import TINY, config, enter_workdir, run
+from cli_support import TINY, config, run, step_of
 
 from vae_zoo.errors import CheckpointMismatchError
 from vae_zoo.models import VAE, BaseVAE, ConditionalVAE
 
 RUN = Path("runs/mnist/vae/version_0")
-
-@pytest.fixture
-def workdir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh working directory with the tiny data sets."""
-    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
-
-
-
-def step_of(path: Path) -> int:
-    """The global step stored in a checkpoint."""
-    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
 def metric_epochs(run_dir: Path) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import ROOT, TINY, config, enter_workdir, run
+from cli_support import ROOT, TINY, config, run
 
 import vae_zoo
 from vae_zoo.cli import main as cli_main
@@ -23,14 +23,6 @@ ALL_COMMANDS = (
     "fit", "validate", "test", "predict", "data", "compare", "sweep", "sample", "classifier",
     "configs", "init",
 )
-
-@pytest.fixture
-def workdir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh working directory with the tiny data sets."""
-    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
-
 
 
 def printed_config(capsys: pytest.CaptureFixture, *args: str) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import CONFIGS, ROOT, TINY, config, enter_workdir, resolved, run
+from cli_support import CONFIGS, ROOT, TINY, config, resolved, run
 from PIL import Image
 
 from vae_zoo.runs import RUN_DIR_ENV
@@ -29,14 +29,6 @@ COMPOSED_PIECES = [("base",), ("data", "mnist"), ("data", "fashion_mnist")] + [
     ("model", v) for v in (*VARIANTS, "conv_vae_2d")
 ]
 FLAT_V0 = ROOT / "tests" / "fixtures" / "configs_v0"
-
-
-@pytest.fixture
-def workdir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh working directory with the tiny data sets."""
-    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
 
 
 def test_every_config_file_is_tested_here() -> None:

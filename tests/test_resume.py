@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from cli_support import ROOT, TINY, config, enter_workdir, run, subprocess_env
+from cli_support import ROOT, TINY, config, run, step_of, subprocess_env
 
 RUN = Path("runs/mnist/vae/version_0")
 ARGS = [
@@ -30,19 +29,6 @@ ARGS = [
 # epoch 1 runs steps 6..10; hanging at the end of its last batch (before its validation and
 # epoch-end save, after the step-9 row is logged), last.ckpt holds step 8, three batches in
 KILL_AT, SAVED = 10, 8
-
-
-@pytest.fixture
-def workdir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh working directory with the tiny data sets."""
-    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
-
-
-def step_of(path: Path) -> int:
-    """The global step stored in a checkpoint."""
-    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
 def rows(run_dir: Path) -> list[tuple[str, str, frozenset[str]]]:

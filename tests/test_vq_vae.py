@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_support import CONFIGS, TINY, config, enter_workdir, run
+from cli_support import CONFIGS, TINY, config, run
 from PIL import Image
 from torch import Tensor
 from vq_ddp_support import codebook_of_five, ddp_ema_worker
@@ -369,14 +369,6 @@ def test_ema_statistics_are_summed_over_ranks_and_restarts_agree(tmp_path: Path)
 # --------------------------------------------------------------------------- through the CLI
 
 RUN = Path("runs/mnist/vq_vae/version_0")
-
-
-@pytest.fixture
-def workdir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh working directory with the tiny data sets."""
-    return enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -121,9 +121,9 @@ class ClassifierMetrics(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Classify the batch's reconstructions E[x|z=mu] against its labels."""
-        if self._clf is None or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        x, y = pl_module.unpack(batch)
+        if self._clf is None or y is None:
             return
-        x, y = batch[0], batch[1]
         self._recon_acc.update((self._clf.predict(pl_module.reconstruct(x, y)) == y).float())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
