@@ -12,17 +12,28 @@ For each model (the default MLP VAE of ``configs/mnist/vae.yaml``, and the same 
     same Adam settings, batch size, device, precision and dynamic binarization
     (``torch.bernoulli`` per batch), calling the same ``model.elbo(x, y)["loss"].mean()``;
 
-alternating a, b, a, b, ... ``--repeats`` times in one process with the same torch threads.
+alternating in one process with the same torch threads, ``--repeats`` pairs in the order
+a b, b a, a b, ... (so that a machine that speeds up or slows down during the run favours
+neither side).
 The timed window runs from the end of warm-up step ``--warmup`` (compilation happens before
 it) to the end of the last step, so it holds whole steps: data, forward, backward, optimizer,
 logging. It must fit in one epoch (epoch ends add validation and checkpointing).
 
 Per model it prints the median over repeats of images/s for each side and their ratio. On a
-shared CPU other processes inflate wall-clock times at random, so a second line gives two
-numbers that resist that: the ratio of median step times, and the ratio of images per second
+shared CPU other processes inflate wall-clock times at random, so a second line gives numbers
+that resist that: the median and range of the ratios of the pairs (each pair ran back to back,
+under nearly the same load), the ratio of median step times, and the ratio of images per second
 of this process's CPU time (with one thread the CPU time is the work done).
 
+With ``--interleaved`` it also measures both sides step by step inside one fit: after every
+Lightning training step a callback runs one step of the plain loop (its own model, optimizer
+and data, as in (b)) and times it, and the Lightning step is timed from the end of that plain
+step to the end of the next Lightning step. The two sides then alternate every few
+milliseconds, so a machine that slows down for seconds slows both alike; its ratio of median
+step times moves by about 0.01 between repeats where the separate runs move by 0.1 or more.
+
     python benchmarks/throughput.py --steps 300
+    python benchmarks/throughput.py --steps 300 --models mlp --interleaved
     python benchmarks/throughput.py --steps 300 --compile        # adds compile=True rows
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
 """
@@ -38,7 +49,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +138,37 @@ class StepTimer(L.Callback):
             self.window.mark(len(batch[0]), sync_device=step in (self.first, self.last))
 
 
+class PlainTwin(L.Callback):
+    """Runs and times one plain-loop step after each Lightning step (``--interleaved``)."""
+
+    def __init__(self, setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.setup = setup
+        self.first, self.last = setup.warmup, setup.warmup + setup.steps
+        self.step = plain_step(setup, images, labels)
+        self.lightning: list[float] = []
+        self.plain: list[float] = []
+        self._resumed: float | None = None  # when the Lightning side got the CPU back
+
+    def _now(self) -> float:
+        if self.setup.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        if not self.first <= trainer.global_step <= self.last:
+            return
+        end = self._now()
+        if self._resumed is not None:
+            self.lightning.append(end - self._resumed)
+        self.step()
+        self._resumed = self._now()
+        self.plain.append(self._resumed - end)
+
+    def ratio(self) -> float:
+        """Median plain step time over median Lightning step time (1.0: no overhead)."""
+        return statistics.median(self.plain) / statistics.median(self.lightning)
+
+
 def cli_args(setup: Setup, run_dir: str) -> list[str]:
     """Arguments of ``python -m vae_zoo fit`` (after the subcommand) for this setup."""
     return [
@@ -198,10 +240,11 @@ def batches(
             yield torch.bernoulli(images.index_select(0, idx)), labels.index_select(0, idx)
 
 
-def run_plain(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> Window:
-    """The timed window of a hand-written loop over the same model, data and objective."""
+def plain_step(
+    setup: Setup, images: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], int]:
+    """A fresh model, optimizer and batch stream; returns a function that trains one step."""
     model = build_cli(setup).model  # same class, config and seed_everything as the fit run
-    window = Window(setup.device, init_checksum=checksum(model))
     device = torch.device(setup.device)
     model.to(device).train()
     images, labels = images.to(device), labels.to(device)
@@ -209,19 +252,42 @@ def run_plain(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> Windo
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.precision == "16-mixed")
     data = batches(images, labels, setup.batch_size, torch.Generator().manual_seed(setup.seed))
+
+    def step() -> int:
+        x, y = next(data)
+        with autocast(setup):
+            loss = model.elbo(x, y)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return len(x)
+
+    step.init_checksum = checksum(model)  # type: ignore[attr-defined]
+    return step
+
+
+def run_plain(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> Window:
+    """The timed window of a hand-written loop over the same model, data and objective."""
+    step = plain_step(setup, images, labels)
+    window = Window(setup.device, init_checksum=step.init_checksum)  # type: ignore[attr-defined]
     with quiet():  # torch.compile's log lines; stdout is not used in the loop
-        for step in range(1, setup.warmup + setup.steps + 1):
-            x, y = next(data)
-            with autocast(setup):
-                loss = model.elbo(x, y)["loss"].mean()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if step >= setup.warmup:
-                last = step in (setup.warmup, setup.warmup + setup.steps)
-                window.mark(len(x), sync_device=last)
+        for i in range(1, setup.warmup + setup.steps + 1):
+            n = step()
+            if i >= setup.warmup:
+                last = i in (setup.warmup, setup.warmup + setup.steps)
+                window.mark(n, sync_device=last)
     return window
+
+
+def run_interleaved(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """One fit with a plain step after each Lightning step; the ratio of median step times."""
+    from vae_zoo.cli import VAEZooCLI
+
+    twin = PlainTwin(setup, images, labels)
+    with tempfile.TemporaryDirectory(prefix="vae_zoo_bench_") as run_dir, quiet():
+        VAEZooCLI(args=["fit", *cli_args(setup, run_dir)], trainer_defaults={"callbacks": [twin]})
+    return twin.ratio()
 
 
 def training_images(setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,8 +318,8 @@ def measure(
     out: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
     threads = torch.get_num_threads()
     inits = set()
-    for _ in range(repeats):
-        for side in out:
+    for pair in range(repeats):
+        for side in ("lightning", "plain") if pair % 2 == 0 else ("plain", "lightning"):
             if setup.compile:
                 # every run compiles its fresh model in its warm-up; without a reset the
                 # accumulated recompilations reach dynamo's limit and it falls back to eager
@@ -279,6 +345,11 @@ def report(label: str, runs: dict[str, list[dict[str, float]]], device: str) -> 
     """Print the summary line, the noise-resistant ratios and the repeats; return (a) img/s."""
     a, b = median(runs["lightning"], "wall"), median(runs["plain"], "wall")
     print(f"{label:<13} lightning {a:7.0f} img/s  plain {b:7.0f} img/s  ratio {a / b:.2f}")
+    paired = [x["wall"] / y["wall"] for x, y in zip(runs["lightning"], runs["plain"], strict=True)]
+    print(
+        f"{'':<13} ratio of each pair: median {statistics.median(paired):.2f}, "
+        f"range {min(paired):.2f}-{max(paired):.2f} over {len(paired)} pairs"
+    )
     if device == "cpu":
         step = median(runs["lightning"], "median_step") / median(runs["plain"], "median_step")
         cpu = median(runs["lightning"], "cpu") / median(runs["plain"], "cpu")
@@ -291,6 +362,25 @@ def report(label: str, runs: dict[str, list[dict[str, float]]], device: str) -> 
     return a, b
 
 
+def report_interleaved(
+    setup: Setup, repeats: int, images: torch.Tensor, labels: torch.Tensor
+) -> list[float]:
+    """Run ``repeats`` interleaved fits and print the median and range of their ratios."""
+    threads = torch.get_num_threads()
+    ratios = []
+    for _ in range(repeats):
+        if setup.compile:
+            torch._dynamo.reset()
+        ratios.append(run_interleaved(setup, images, labels))
+        torch.set_num_threads(threads)
+    print(
+        f"{'':<13} interleaved: ratio of median step times {statistics.median(ratios):.3f}, "
+        f"range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} fits: "
+        + " ".join(f"{r:.3f}" for r in ratios)
+    )
+    return ratios
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -301,7 +391,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", default="32-true", choices=PRECISIONS)
     p.add_argument("--compile", action="store_true", help="also measure model compile=True")
-    p.add_argument("--repeats", type=int, default=3, help="alternating (lightning, plain) pairs")
+    p.add_argument("--repeats", type=int, default=5, help="alternating (lightning, plain) pairs")
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="also time both sides step by step inside one fit (robust to a noisy machine)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both sides)")
     p.add_argument("--seed", type=int, default=0)
     add_flag(p, "--progress_bar", action="store_true", help="keep Lightning's progress bar on")
@@ -356,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             check_window(setup, len(images))
             runs = measure(setup, args.repeats, images, labels)
             medians[compiled] = report(model + ("+compile" if compiled else ""), runs, args.device)
+            if args.interleaved:
+                report_interleaved(setup, args.repeats, images, labels)
         if args.compile:
             (a0, b0), (a1, b1) = medians[False], medians[True]
             speedup = f"lightning {a1 / a0:.2f}x  plain {b1 / b0:.2f}x"
