@@ -1,4 +1,8 @@
-"""Exceptions that carry a message telling the user what to change."""
+"""Exceptions that carry a message telling the user what to change, and how commands exit."""
+
+import os
+import sys
+from collections.abc import Callable
 
 
 class VAEZooError(RuntimeError):
@@ -15,3 +19,19 @@ class NonFiniteLossError(VAEZooError, FloatingPointError):
 
 class CheckpointMismatchError(VAEZooError, ValueError):
     """A checkpoint was written by another variant or architecture than the one loading it."""
+
+
+def exit_status(command: Callable[[], int | None]) -> int:
+    """Run a command's body; a :class:`VAEZooError` becomes one ``error:`` line and status 2.
+
+    ``None`` from the body means success (0). ``VAE_ZOO_DEBUG=1`` lets the error propagate
+    with its traceback instead.
+    """
+    try:
+        status = command()
+    except VAEZooError as err:
+        if os.environ.get("VAE_ZOO_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vae_zoo.cli.flags import add_flag
-from vae_zoo.errors import ConfigError, VAEZooError
+from vae_zoo.errors import ConfigError, VAEZooError, exit_status
 
 FORMAT_VERSION = 1
 
@@ -323,26 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Train (or re-train with --force) and cache the classifier of one data set."""
     args = build_parser().parse_args(argv)
-    try:
-        if not args.force and args.out is None:
-            cached = find_classifier(args.dataset, args.data_dir)
-            if cached is not None:
-                print(f"{cached.path}: test accuracy {cached.test_accuracy:.4f} (cached)")
-                return 0
-        clf = train_classifier(
-            args.dataset,
-            args.data_dir,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            out=args.out,
-        )
-    except VAEZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if not args.force and args.out is None:
+        cached = find_classifier(args.dataset, args.data_dir)
+        if cached is not None:
+            print(f"{cached.path}: test accuracy {cached.test_accuracy:.4f} (cached)")
+            return
+    clf = train_classifier(
+        args.dataset,
+        args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+    )
     print(f"{clf.path}: test accuracy {clf.test_accuracy:.4f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import Tensor
 from vae_zoo import runs
 from vae_zoo.callbacks.images_per_second import METRIC as THROUGHPUT_METRIC
 from vae_zoo.cli.flags import add_flag, add_test_set_flags, add_wandb_flags
-from vae_zoo.errors import ConfigError, VAEZooError
+from vae_zoo.errors import ConfigError, exit_status
 from vae_zoo.evaluation import figures, latent_figures
 from vae_zoo.evaluation.aggregate_posterior import aggregate_posterior_stats
 from vae_zoo.evaluation.classifier import (
@@ -140,13 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``compare``; returns the exit status (2 with one error line on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        _check_args(args)
-        compare(args)
-    except VAEZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    _check_args(args)
+    compare(args)
 
 
 def _check_args(args: argparse.Namespace) -> None:

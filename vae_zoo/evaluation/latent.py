@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 
 from vae_zoo.cli.flags import add_test_set_flags, add_wandb_flags
-from vae_zoo.errors import ConfigError, VAEZooError
+from vae_zoo.errors import ConfigError, exit_status
 from vae_zoo.evaluation import figures
 from vae_zoo.evaluation.compare import load_test_set, run_data_settings
 from vae_zoo.evaluation.latent_codes import latent_is_continuous
@@ -49,17 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``latent``; returns the exit status (2 with one error line on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.n_test is not None and args.n_test < 2:
-            raise ConfigError(f"--n_test must be >= 2 (pairs are interpolated), got {args.n_test}")
-        if args.batch_size < 1:
-            raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
-        written = draw(args)
-    except VAEZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.n_test is not None and args.n_test < 2:
+        raise ConfigError(f"--n_test must be >= 2 (pairs are interpolated), got {args.n_test}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    written = draw(args)
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
-    return 0
 
 
 def draw(args: argparse.Namespace) -> list[Path]:

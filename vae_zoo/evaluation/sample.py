@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torchvision.utils import save_image
 
-from vae_zoo.errors import ConfigError, VAEZooError
+from vae_zoo.errors import ConfigError, exit_status
 from vae_zoo.evaluation.loading import load_run, resolve_device
 
 PROG = "python -m vae_zoo sample"
@@ -63,17 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``sample``; returns the exit status (2 with one error line on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.n < 1:
-            raise ConfigError(f"--n must be >= 1, got {args.n}")
-        if args.nrow is not None and args.nrow < 1:
-            raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
-        path = sample_grid(args)
-    except VAEZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    return exit_status(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if args.nrow is not None and args.nrow < 1:
+        raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
+    print(f"wrote {sample_grid(args)}")
 
 
 @torch.no_grad()

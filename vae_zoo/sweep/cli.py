@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from vae_zoo.cli.flags import add_flag
-from vae_zoo.errors import VAEZooError
+from vae_zoo.errors import VAEZooError, exit_status
 from vae_zoo.shipped import locate
 
 from .results import RESULTS_FILE, RunRecord, format_table, rank_records
@@ -158,13 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, overrides = split_overrides(argv)
     args = build_parser().parse_args(own)
-    try:
-        return _main(args, overrides)
-    except VAEZooError as err:
-        if os.environ.get("VAE_ZOO_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _main(args, overrides))
 
 
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
