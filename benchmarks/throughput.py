@@ -144,7 +144,7 @@ class PlainTwin(L.Callback):
     def __init__(self, setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.setup = setup
         self.first, self.last = setup.warmup, setup.warmup + setup.steps
-        self.step = plain_step(setup, images, labels)
+        self.step, _ = plain_step(setup, images, labels)
         self.lightning: list[float] = []
         self.plain: list[float] = []
         self._resumed: float | None = None  # when the Lightning side got the CPU back
@@ -242,8 +242,9 @@ def batches(
 
 def plain_step(
     setup: Setup, images: torch.Tensor, labels: torch.Tensor
-) -> Callable[[], int]:
-    """A fresh model, optimizer and batch stream; returns a function that trains one step."""
+) -> tuple[Callable[[], int], float]:
+    """A fresh model, optimizer and batch stream: (a function that trains one step and returns
+    its batch size, the checksum of the initial weights)."""
     model = build_cli(setup).model  # same class, config and seed_everything as the fit run
     device = torch.device(setup.device)
     model.to(device).train()
@@ -263,14 +264,13 @@ def plain_step(
         scaler.update()
         return len(x)
 
-    step.init_checksum = checksum(model)  # type: ignore[attr-defined]
-    return step
+    return step, checksum(model)
 
 
 def run_plain(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> Window:
     """The timed window of a hand-written loop over the same model, data and objective."""
-    step = plain_step(setup, images, labels)
-    window = Window(setup.device, init_checksum=step.init_checksum)  # type: ignore[attr-defined]
+    step, init_checksum = plain_step(setup, images, labels)
+    window = Window(setup.device, init_checksum=init_checksum)
     with quiet():  # torch.compile's log lines; stdout is not used in the loop
         for i in range(1, setup.warmup + setup.steps + 1):
             n = step()
