@@ -31,9 +31,14 @@ and data, as in (b)) and times it, and the Lightning step is timed from the end 
 step to the end of the next Lightning step. The two sides then alternate every few
 milliseconds, so a machine that slows down for seconds slows both alike; its ratio of median
 step times moves by about 0.01 between repeats where the separate runs move by 0.1 or more.
+``--bare`` adds, alternating with those fits, a bare Lightning fit of the same model and
+data module (no logger, checkpoints, summary or vae_zoo callbacks; :class:`BareModule`) with
+its own plain twin: Lightning's own overhead. The quotient of the two ratios is the part that
+vae_zoo adds to it.
 
     python benchmarks/throughput.py --steps 300
     python benchmarks/throughput.py --steps 300 --models mlp --interleaved
+    python benchmarks/throughput.py --steps 300 --models mlp --interleaved --bare
     python benchmarks/throughput.py --steps 300 --compile        # adds compile=True rows
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
 """
@@ -219,6 +224,47 @@ def run_lightning(setup: Setup) -> Window:
     return timer.window
 
 
+class BareModule(L.LightningModule):
+    """The least a LightningModule can do with the model: its loss, one Adam, nothing logged."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        """The plain loop's objective: the mean per-example loss of the model's ``elbo``."""
+        x, y = batch
+        return self.model.elbo(x, y)["loss"].mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with the model's own settings, as in the plain loop."""
+        hp = self.model.hparams
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def run_bare_interleaved(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Lightning's own floor: a bare Trainer (no logger, checkpoints, summary or callbacks of
+    vae_zoo) fitting :class:`BareModule` on the same data module, with the plain twin."""
+    cli = build_cli(setup)
+    twin = PlainTwin(setup, images, labels)
+    with quiet():
+        trainer = L.Trainer(
+            max_steps=setup.warmup + setup.steps,
+            accelerator=setup.device,
+            devices=1,
+            precision=setup.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[twin],
+        )
+        trainer.fit(BareModule(cli.model), datamodule=cli.datamodule)
+    return twin.ratio()
+
+
 def autocast(setup: Setup) -> contextlib.AbstractContextManager:
     """The autocast context Lightning's mixed-precision plugin uses."""
     if setup.precision == "bf16-mixed":
@@ -363,21 +409,34 @@ def report(label: str, runs: dict[str, list[dict[str, float]]], device: str) -> 
 
 
 def report_interleaved(
-    setup: Setup, repeats: int, images: torch.Tensor, labels: torch.Tensor
-) -> list[float]:
-    """Run ``repeats`` interleaved fits and print the median and range of their ratios."""
+    setup: Setup, repeats: int, images: torch.Tensor, labels: torch.Tensor, bare: bool = False
+) -> dict[str, list[float]]:
+    """Run ``repeats`` interleaved fits (alternating with bare ones when ``bare``) and print the
+    median and range of their ratios to the plain step."""
     threads = torch.get_num_threads()
-    ratios = []
-    for _ in range(repeats):
-        if setup.compile:
-            torch._dynamo.reset()
-        ratios.append(run_interleaved(setup, images, labels))
-        torch.set_num_threads(threads)
-    print(
-        f"{'':<13} interleaved: ratio of median step times {statistics.median(ratios):.3f}, "
-        f"range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} fits: "
-        + " ".join(f"{r:.3f}" for r in ratios)
+    sides = {"interleaved": run_interleaved} | (
+        {"bare Lightning": run_bare_interleaved} if bare else {}
     )
+    ratios: dict[str, list[float]] = {name: [] for name in sides}
+    for pair in range(repeats):
+        for name in sides if pair % 2 == 0 else reversed(list(sides)):
+            if setup.compile:
+                torch._dynamo.reset()
+            ratios[name].append(sides[name](setup, images, labels))
+            torch.set_num_threads(threads)
+    for name, rs in ratios.items():
+        print(
+            f"{'':<13} {name}: ratio of median step times {statistics.median(rs):.3f}, "
+            f"range {min(rs):.3f}-{max(rs):.3f} over {len(rs)} fits: "
+            + " ".join(f"{r:.3f}" for r in rs)
+        )
+    if bare:
+        # both are ratios to the same plain step, so their quotient is vae_zoo's own share
+        own = [a / b for a, b in zip(ratios["interleaved"], ratios["bare Lightning"], strict=True)]
+        print(
+            f"{'':<13} vae_zoo fit / bare Lightning: median {statistics.median(own):.3f}, "
+            f"range {min(own):.3f}-{max(own):.3f}"
+        )
     return ratios
 
 
@@ -397,6 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time both sides step by step inside one fit (robust to a noisy machine)",
     )
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="with --interleaved, also time a bare Lightning fit of the same model: "
+        "Lightning's own overhead, which no vae_zoo change can remove",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both sides)")
     p.add_argument("--seed", type=int, default=0)
     add_flag(p, "--progress_bar", action="store_true", help="keep Lightning's progress bar on")
@@ -414,6 +479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--precision 16-mixed needs --device cuda (use bf16-mixed on a CPU)")
     if min(args.steps, args.warmup, args.repeats, args.batch_size) < 1:
         p.error("--steps, --warmup, --repeats and --batch_size must be >= 1")
+    if args.bare and not args.interleaved:
+        p.error("--bare is measured step by step: add --interleaved")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     return args
@@ -452,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = measure(setup, args.repeats, images, labels)
             medians[compiled] = report(model + ("+compile" if compiled else ""), runs, args.device)
             if args.interleaved:
-                report_interleaved(setup, args.repeats, images, labels)
+                report_interleaved(setup, args.repeats, images, labels, bare=args.bare)
         if args.compile:
             (a0, b0), (a1, b1) = medians[False], medians[True]
             speedup = f"lightning {a1 / a0:.2f}x  plain {b1 / b0:.2f}x"

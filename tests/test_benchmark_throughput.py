@@ -8,6 +8,7 @@ import sys
 from types import ModuleType
 
 import pytest
+import torch
 from cli_support import ROOT, VAL_SIZE
 
 
@@ -49,15 +50,42 @@ def test_pairs_alternate_their_order(throughput: ModuleType, monkeypatch) -> Non
 def test_benchmark_runs_both_methods(workdir, throughput: ModuleType) -> None:
     """Separate runs and the interleaved fit both produce their lines, with sane ratios."""
     argv = ["--steps", "3", "--warmup", "2", "--repeats", "2", "--models", "mlp"]
-    argv += ["--batch_size", "8", "--threads", "1", "--interleaved"]
+    argv += ["--batch_size", "8", "--threads", "1", "--interleaved", "--bare"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert throughput.main(argv) == 0
     text = out.getvalue()
     assert "ratio of each pair: median" in text
-    line = next(ln for ln in text.splitlines() if "interleaved:" in ln)
-    ratios = [float(r) for r in line.split("fits: ")[1].split()]
-    assert len(ratios) == 2 and all(math.isfinite(r) and r > 0 for r in ratios)
+    for name in ("interleaved:", "bare Lightning:"):
+        line = next(ln for ln in text.splitlines() if name in ln)
+        ratios = [float(r) for r in line.split("fits: ")[1].split()]
+        assert len(ratios) == 2 and all(math.isfinite(r) and r > 0 for r in ratios)
+    assert "vae_zoo fit / bare Lightning: median" in text
+
+
+def test_bare_module_trains_the_plain_objective(throughput: ModuleType) -> None:
+    """The bare module's step is the plain loop's loss, and it optimises the model's weights."""
+    setup = throughput.Setup("mlp", 1, 1, 8, "cpu", "32-true", False, 0, False)
+    model = throughput.build_cli(setup).model
+    bare = throughput.BareModule(model)
+    x = torch.rand(4, 1, 28, 28).bernoulli()
+    torch.manual_seed(0)
+    got = bare.training_step((x, None), 0)
+    torch.manual_seed(0)
+    assert torch.equal(got, model.elbo(x, None)["loss"].mean())
+    opt = bare.configure_optimizers()
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters()
+    }
+    assert opt.defaults["lr"] == model.hparams.lr
+
+
+def test_bare_needs_interleaved(throughput: ModuleType, capsys) -> None:
+    """--bare alone is refused with a line that names the missing flag."""
+    with pytest.raises(SystemExit) as err:
+        throughput.parse_args(["--bare"])
+    assert err.value.code == 2
+    assert "add --interleaved" in capsys.readouterr().err
 
 
 def test_twin_times_every_window_step(workdir, throughput: ModuleType) -> None:

@@ -232,6 +232,25 @@ def test_term_means_weight_examples_and_batch_scalars_alike() -> None:
         means.update({"per_example": a}, batch_size=3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_term_means_of_alike_terms_equal_the_per_term_means(dtype: torch.dtype) -> None:
+    # terms of one shape and dtype take the stacked path, mixed ones the per-term path
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, n, generator=gen, dtype=dtype) for n in (5, 2, 7)]
+    alike, mixed = TermMeans(), TermMeans()
+    for rows in batches:
+        alike.update({"a": rows[0], "b": rows[1], "c": rows[2]}, batch_size=rows.shape[1])
+        mixed.update({"a": rows[0], "b": rows[1], "c": rows[2].double()}, batch_size=rows.shape[1])
+    everything = torch.cat(batches, dim=1).float()
+    for i, name in enumerate("abc"):
+        assert float(alike.compute()[name]) == pytest.approx(float(everything[i].mean()), abs=1e-5)
+        assert float(mixed.compute()[name]) == pytest.approx(float(everything[i].mean()), abs=1e-5)
+    scalars = TermMeans()  # every term a batch scalar
+    scalars.update({"s": torch.tensor(2.0), "t": torch.tensor(4.0)}, batch_size=2)
+    scalars.update({"s": torch.tensor(5.0), "t": torch.tensor(1.0)}, batch_size=1)
+    assert [float(v) for v in scalars.compute().values()] == pytest.approx([3.0, 3.0])
+
+
 def test_metrics_that_do_not_apply_are_absent() -> None:
     metrics = SplitMetrics()
     metrics.update({"loss": torch.ones(4)})  # no KL per dimension, no continuous latent

