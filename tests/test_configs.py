@@ -29,6 +29,27 @@ COMPOSED_PIECES = [("base",), ("data", "mnist"), ("data", "fashion_mnist")] + [
     ("model", v) for v in (*VARIANTS, "conv_vae_2d")
 ]
 FLAT_V0 = ROOT / "tests" / "fixtures" / "configs_v0"
+# what an experiment sets itself, after its pieces (the settings that reach the README's numbers)
+OWN_SETTINGS = {
+    ("fashion_mnist", "cvae"): {
+        "model": {
+            "init_args": {
+                "prior": "vamp",
+                "pseudo_inputs_per_class": 50,
+                "decoder": {"init_args": {"hidden_dims": [512, 1024]}},
+                "kl_schedule": {"init_args": {"weight": 0.25}},
+            }
+        }
+    }
+}
+OWN_FLAGS = {
+    ("fashion_mnist", "cvae"): (
+        "--model.init_args.prior=vamp",
+        "--model.init_args.pseudo_inputs_per_class=50",
+        "--model.init_args.decoder.init_args.hidden_dims=[512,1024]",
+        "--model.init_args.kl_schedule.init_args.weight=0.25",
+    )
+}
 
 
 def test_every_config_file_is_tested_here() -> None:
@@ -41,15 +62,18 @@ def test_every_config_file_is_tested_here() -> None:
 
 @pytest.mark.parametrize(("dataset", "variant"), [e for e in EXPERIMENTS if e[1] in V0_VARIANTS])
 def test_composed_experiment_resolves_like_before(dataset: str, variant: str) -> None:
-    # the experiment by name (base + data + model pieces) against the flat file it replaced
-    before = resolved("--config", str(FLAT_V0 / dataset / f"{variant}.yaml"))
+    # the experiment by name (base + data + model pieces) against the flat file it replaced,
+    # with the settings the experiment has changed since as flags
+    flags = OWN_FLAGS.get((dataset, variant), ())
+    before = resolved("--config", str(FLAT_V0 / dataset / f"{variant}.yaml"), *flags)
     assert resolved("--config", f"{dataset}/{variant}") == before
 
 
 @pytest.mark.parametrize(("dataset", "variant"), EXPERIMENTS)
 def test_experiment_is_a_short_list_of_pieces(dataset: str, variant: str) -> None:
     pieces = yaml.safe_load(Path(config(dataset, variant)).read_text())
-    assert pieces == ["../base.yaml", f"../data/{dataset}.yaml", f"../model/{variant}.yaml"]
+    own = [OWN_SETTINGS[(dataset, variant)]] if (dataset, variant) in OWN_SETTINGS else []
+    assert pieces == ["../base.yaml", f"../data/{dataset}.yaml", f"../model/{variant}.yaml", *own]
 
 
 def test_a_model_piece_switches_the_variant_and_keeps_the_rest() -> None:
@@ -60,7 +84,11 @@ def test_a_model_piece_switches_the_variant_and_keeps_the_rest() -> None:
 
 
 def test_a_data_piece_switches_the_data_set() -> None:
-    switched = resolved("--config", "mnist/cvae", "--config", "data/fashion_mnist")
+    switched = resolved("--config", "mnist/beta_vae", "--config", "data/fashion_mnist")
+    assert switched == resolved("--config", "fashion_mnist/beta_vae")
+    # an experiment's own settings come on top: the Fashion CVAE's, as flags after MNIST's CVAE
+    flags = OWN_FLAGS[("fashion_mnist", "cvae")]
+    switched = resolved("--config", "mnist/cvae", "--config", "data/fashion_mnist", *flags)
     assert switched == resolved("--config", "fashion_mnist/cvae")
 
 

@@ -213,10 +213,12 @@ class PointMass(Distribution):
 
 
 class MixtureOfDiagNormals(Distribution):
-    """(1/K) sum_k N(mu_k, diag(exp(logvar_k))), components [K, D], equal weights (a VampPrior).
+    """(1/K) sum_k N(mu_k, diag(exp(logvar_k))), equal weights (a VampPrior).
 
-    Batch shape (), event shape [D]; ``log_prob`` is a logsumexp over the components. There is
-    no closed-form KL against it: :func:`kl_divergence` uses the Monte-Carlo estimate.
+    Components [K, D] give one mixture (batch shape ()); components [B, K, D] give one mixture
+    per example (batch shape [B]: a class-conditional prior, each example's own class's
+    components). Event shape [D]; ``log_prob`` is a logsumexp over the components. There is no
+    closed-form KL against it: :func:`kl_divergence` uses the Monte-Carlo estimate.
     """
 
     arg_constraints: dict = {}
@@ -224,48 +226,64 @@ class MixtureOfDiagNormals(Distribution):
     has_rsample = False
 
     def __init__(self, mu: Tensor, logvar: Tensor) -> None:
+        if mu.dim() not in (2, 3) or mu.shape != logvar.shape:
+            raise ValueError(
+                f"components must be [K, D] or [B, K, D] (mu and logvar alike), got "
+                f"{tuple(mu.shape)} and {tuple(logvar.shape)}"
+            )
         self.components = DiagNormal(mu, logvar)
-        super().__init__(torch.Size(), mu.shape[-1:], validate_args=False)
+        super().__init__(mu.shape[:-2], mu.shape[-1:], validate_args=False)
 
     @property
     def num_components(self) -> int:
         """Number K of mixture components."""
-        return self.components.mu.shape[0]
+        return self.components.mu.shape[-2]
 
     @property
     def mean(self) -> Tensor:
         """The mixture mean: the average of the component means."""
-        return self.components.mu.mean(0)
+        return self.components.mu.mean(-2)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log p(value) = logsumexp_k log N(value; mu_k, sigma_k^2) - log K: [..., D] -> [...].
 
         The quadratic forms sum_d (z_d - mu_kd)^2 / sigma_kd^2 of all N values against all K
-        components are two matrix products ([N, D] @ [D, K]), not an [N, K, D] tensor: the
-        importance-sampled NLL evaluates ~16k values against K=500 components per chunk, where
-        the broadcast form needs gigabytes and is ~25x slower. The expansion
-        z^2/s^2 - 2 z mu/s^2 + mu^2/s^2 cancels badly for sharp components far from 0 (1e-2
-        nats in float32 with sigma^2 = e^-10), so it runs in float64 (float32 on MPS, which
-        has no float64) outside autocast; the result has the value's dtype, at least float32.
+        components are matrix products ([N, D] @ [D, K], or one per example of a batched
+        mixture), not an [N, K, D] tensor: the importance-sampled NLL evaluates ~16k values
+        against K=500 components per chunk, where the broadcast form needs gigabytes and is
+        ~25x slower. The expansion z^2/s^2 - 2 z mu/s^2 + mu^2/s^2 cancels badly for sharp
+        components far from 0 (1e-2 nats in float32 with sigma^2 = e^-10), so it runs in
+        float64 (float32 on MPS, which has no float64) outside autocast; the result has the
+        value's dtype, at least float32. A batched mixture takes values [..., B, D].
         """
         mu, logvar = self.components.mu, self.components.logvar
         dim = mu.shape[-1]
         out_dtype = torch.promote_types(value.dtype, torch.float32)
         wide = torch.float32 if value.device.type == "mps" else torch.float64
         with torch.autocast(value.device.type, enabled=False):
-            z = value.reshape(-1, dim).to(wide)
             mu, logvar = mu.to(wide), logvar.to(wide)
-            precision = torch.exp(-logvar)  # [K, D]
-            const = (mu * mu * precision + logvar).sum(-1) + dim * LOG_2PI  # [K]
-            quad = torch.addmm(const, z * z, precision.T)  # [N, K]
-            quad = torch.addmm(quad, z, (mu * precision).T, alpha=-2.0)
+            precision = torch.exp(-logvar)  # [(B,) K, D]
+            const = (mu * mu * precision + logvar).sum(-1) + dim * LOG_2PI  # [(B,) K]
+            if mu.dim() == 2:
+                z = value.reshape(-1, dim).to(wide)
+                quad = torch.addmm(const, z * z, precision.T)  # [N, K]
+                quad = torch.addmm(quad, z, (mu * precision).T, alpha=-2.0)
+            else:
+                batch = mu.shape[0]
+                z = value.reshape(-1, batch, dim).transpose(0, 1).to(wide)  # [B, N, D]
+                quad = torch.baddbmm(const.unsqueeze(1), z * z, precision.transpose(1, 2))
+                quad = torch.baddbmm(quad, z, (mu * precision).transpose(1, 2), alpha=-2.0)
+                quad = quad.transpose(0, 1)  # [N, B, K]
             log_p = torch.logsumexp(-0.5 * quad, dim=-1) - math.log(self.num_components)
         return log_p.to(out_dtype).reshape(value.shape[:-1])
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        """Draws [*sample_shape, D]: a uniform component, then its Gaussian."""
-        shape = torch.Size(sample_shape)
+        """Draws [*sample_shape, *batch_shape, D]: a uniform component, then its Gaussian."""
+        shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             mu, logvar = self.components.mu, self.components.logvar
             k = torch.randint(self.num_components, shape, device=mu.device)
+            if mu.dim() == 3:  # example b draws from its own components mu[b]
+                rows = torch.arange(mu.shape[0], device=mu.device).expand(shape)
+                return DiagNormal(mu[rows, k], logvar[rows, k]).sample()
             return DiagNormal(mu[k], logvar[k]).sample()

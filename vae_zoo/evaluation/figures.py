@@ -109,16 +109,26 @@ def traversal_panel(
 def class_grid_panel(
     name: str, model: BaseVAE, class_names: Sequence[str] | None = None, per_class: int = 10
 ) -> Panel:
-    """One row per class; each column shares its z, so columns show style and rows show class."""
+    """One row per class; each column shares its noise, so columns show style and rows class.
+
+    A prior that is no reparameterized Gaussian (a VampPrior per class) has no shared noise:
+    each row then holds draws z ~ p(z|c) of its own class.
+    """
     num_classes = model.num_classes
     eps = torch.randn(per_class, model.latent_dim, device=model.device)
+    shared = True
     rows = []
     for k in range(num_classes):
         labels = torch.full((per_class,), k, dtype=torch.long, device=model.device)
-        rows.append(_mean_images(model, prior_latents(model, eps, labels), labels).cpu())
+        if getattr(model.prior(labels), "from_noise", None) is None:
+            shared, z = False, model.sample_latent(per_class, labels)
+        else:
+            z = prior_latents(model, eps, labels)
+        rows.append(_mean_images(model, z, labels).cpu())
     names = list(class_names) if class_names and len(class_names) == num_classes else None
     row_labels = names or [str(k) for k in range(num_classes)]
-    title = f"{name}: class-conditional samples (same z in each column)"
+    how = "same z in each column" if shared else "z ~ p(z|c), drawn per row"
+    title = f"{name}: class-conditional samples ({how})"
     return Panel(title, grid(torch.cat(rows), nrow=per_class), row_labels, f"classes_{_slug(name)}")
 
 

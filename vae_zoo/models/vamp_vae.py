@@ -37,6 +37,29 @@ from vae_zoo.models.base import BaseVAE
 from vae_zoo.models.registry import register_model
 
 
+def check_pseudo_inputs(name: str, num: object, std: float) -> None:
+    """Refuse a pseudo-input count (the option ``name``) that is not an int >= 1, or std < 0."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {num!r}")
+    if not std >= 0:
+        raise ConfigError(f"pseudo_init_std must be >= 0, got {std}")
+
+
+def at_least_float32(mu: Tensor, logvar: Tensor) -> DiagNormal:
+    """The posterior N(mu, diag(exp(logvar))) in at least float32, also under autocast."""
+    wide = torch.promote_types(mu.dtype, torch.float32)
+    return DiagNormal(mu.to(wide), logvar.to(wide))
+
+
+def pseudo_input_logits(
+    num: int, image_shape: tuple[int, ...], mean: float, std: float
+) -> nn.Parameter:
+    """Logits a_k ~ N(mean, std^2) of ``num`` pseudo-inputs u_k = sigmoid(a_k): [num, C, H, W]."""
+    logits = torch.empty(num, *image_shape)
+    nn.init.normal_(logits, mean, std)
+    return nn.Parameter(logits)
+
+
 @register_model("vamp_vae")
 class VampPriorVAE(BaseVAE):
     """VAE with a VampPrior: p(z) is the mean of q(z|u_k) over K learned pseudo-inputs u_k.
@@ -56,18 +79,11 @@ class VampPriorVAE(BaseVAE):
         pseudo_init_std: float = 0.01,
         **kwargs,
     ) -> None:
-        if isinstance(num_pseudo_inputs, bool) or not isinstance(num_pseudo_inputs, int) or (
-            num_pseudo_inputs < 1
-        ):
-            raise ConfigError(
-                f"num_pseudo_inputs must be an integer >= 1, got {num_pseudo_inputs!r}"
-            )
-        if not pseudo_init_std >= 0:
-            raise ConfigError(f"pseudo_init_std must be >= 0, got {pseudo_init_std}")
+        check_pseudo_inputs("num_pseudo_inputs", num_pseudo_inputs, pseudo_init_std)
         super().__init__(*args, **kwargs)
-        logits = torch.empty(num_pseudo_inputs, *self.image_shape)
-        nn.init.normal_(logits, pseudo_init_mean, pseudo_init_std)
-        self.pseudo_logits = nn.Parameter(logits)
+        self.pseudo_logits = pseudo_input_logits(
+            num_pseudo_inputs, self.image_shape, pseudo_init_mean, pseudo_init_std
+        )
 
     @property
     def objective(self) -> str:  # type: ignore[override]
@@ -90,9 +106,7 @@ class VampPriorVAE(BaseVAE):
         The Monte-Carlo KL log q(z) - log p(z) is a difference of log-densities; bfloat16 would
         round each of them by ~0.5 nats.
         """
-        mu, logvar = self.encode(x, c)
-        wide = torch.promote_types(mu.dtype, torch.float32)
-        return DiagNormal(mu.to(wide), logvar.to(wide))
+        return at_least_float32(*self.encode(x, c))
 
     def prior(self, c: Tensor | None = None) -> Distribution:
         """p(z) = (1/K) sum_k q(z|u_k): the pseudo-inputs through the encoder (batch shape ())."""
