@@ -19,7 +19,7 @@ from fixed_noise import EpsBank
 from small_models import SMALL
 from torch import Tensor
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
-from variant_cli import evaluate_everywhere, fit_and_resume
+from variant_cli import check_bf16_mixed, evaluate_everywhere, fit_and_resume
 
 from vae_zoo.distributions import MixtureOfDiagNormals
 from vae_zoo.errors import ConfigError
@@ -209,3 +209,9 @@ def test_the_class_grid_draws_each_row_from_its_class_prior() -> None:
     assert panel.title == "vamp: class-conditional samples (z ~ p(z|c), drawn per row)"
     standard = ConditionalVAE(**SMALL, num_classes=4).eval()
     assert "(same z in each column)" in class_grid_panel("std", standard, per_class=3).title
+
+
+def test_the_fashion_config_fits_in_bf16_mixed(tmp_path, monkeypatch, tmp_path_factory) -> None:
+    # configs/fashion_mnist/cvae.yaml is the class VampPrior: its Monte-Carlo KL stays finite
+    enter_workdir(tmp_path, monkeypatch, tmp_path_factory)
+    check_bf16_mixed("cvae", ("elbo", "kl"), dataset="fashion_mnist")
