@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric
 from trainers import quiet_trainer
 
-from vae_zoo.metrics import ActiveUnits, KLPerDim, SplitMetrics, TermMeans
+from vae_zoo.metrics import ActiveUnits, KLPerDim, SplitMetrics, StepTerms, TermMeans
 from vae_zoo.models import VAE, ConditionalVAE
 from vae_zoo.networks import MLPDecoder, MLPEncoder
 
@@ -347,3 +347,45 @@ def test_classifier_metrics_callback_skips_without_a_classifier(tmp_path, monkey
     trainer = quiet_trainer(callbacks=[ClassifierMetrics()])
     logged = trainer.test(model, datamodule=_LabelledData(str(tmp_path)), verbose=False)[0]
     assert "test/recon_acc" not in logged and "test/nll" in logged
+
+
+def test_step_terms_fold_to_the_per_step_means() -> None:
+    # StepTerms holds steps and folds them at once: the same means as one update per step,
+    # for [B] terms (stacked path) and for scalars, [B, k] terms and mixed dtypes (other path)
+    gen = torch.Generator().manual_seed(1)
+    for make in (
+        lambda n: {k: torch.randn(n, generator=gen) for k in ("loss", "recon", "kl")},
+        lambda n: {
+            "loss": torch.randn(n, generator=gen, dtype=torch.float64),
+            "mmd": torch.randn((), generator=gen),
+            "wide": torch.randn(n, 3, generator=gen),
+        },
+    ):
+        per_step, held, buffer = TermMeans(), TermMeans(), StepTerms()
+        for step, n in enumerate((5, 2, 7)):
+            terms = make(n)
+            per_step.update(terms, batch_size=n)
+            buffer.add(terms, step=step)
+            assert len(buffer) == step + 1
+        last = {k: float(v.float().mean()) for k, v in terms.items()}
+        assert {k: float(v) for k, v in buffer.last_means().items()} == pytest.approx(last)
+        buffer.fold_into(held)
+        assert len(buffer) == 0
+        expected = per_step.compute()
+        assert list(held.compute()) == list(expected)
+        for name, value in expected.items():
+            assert float(held.compute()[name]) == pytest.approx(float(value), abs=1e-6)
+    buffer = StepTerms()
+    buffer.add({"loss": torch.ones(2)})
+    with pytest.raises(ValueError, match="same keys"):
+        buffer.add({"loss": torch.ones(2), "kl": torch.ones(2)})
+
+
+def test_step_terms_name_the_first_non_finite_step_and_terms() -> None:
+    buffer = StepTerms()
+    finite = {"loss": torch.ones(3), "kl": torch.ones(3)}
+    buffer.add(finite, step=4, epoch=1)
+    assert buffer.first_non_finite() is None
+    buffer.add({"loss": torch.tensor([1.0, float("nan"), 1.0]), "kl": torch.ones(3)}, 5, 1)
+    buffer.add({"loss": torch.ones(3), "kl": torch.full((3,), float("inf"))}, 6, 1)
+    assert buffer.first_non_finite() == (5, 1, ["loss"])

@@ -498,6 +498,34 @@ def test_non_finite_loss_stops_a_fit_at_the_right_step(tmp_path, binary_batch) -
         _trainer(tmp_path, max_steps=10).fit(model, loader)
 
 
+def test_non_finite_terms_are_found_where_lightning_logs_and_no_checkpoint_holds_them(
+    tmp_path, binary_batch
+) -> None:
+    # the terms are checked on the steps Lightning writes (every 4th here), not every step:
+    # the fit stops there, names the first bad step, and a checkpoint is refused before it
+    model = tiny(val_k=0).train()
+    _nan_decoder(model, from_step=5)
+    loader = DataLoader(TensorDataset(*binary_batch), batch_size=1)
+    trainer = _trainer(tmp_path, max_steps=20, log_every_n_steps=4, enable_checkpointing=False)
+    with pytest.raises(NonFiniteLossError, match=r"global step 5 .*recon"):
+        trainer.fit(model, loader)
+    assert trainer.global_step == 7  # steps 5 and 6 stepped the optimizer before the check
+    with pytest.raises(NonFiniteLossError, match="global step 5"):  # weights past step 5
+        trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    assert not (tmp_path / "nan.ckpt").exists()
+
+
+def test_held_training_terms_are_bounded(tmp_path, binary_batch) -> None:
+    model = tiny(val_k=0).train()
+    model.MAX_HELD_STEPS = 3
+    held = []
+    model.on_train_batch_end = lambda *args: held.append(len(model._held_terms))
+    loader = DataLoader(TensorDataset(*binary_batch), batch_size=1)
+    _trainer(tmp_path, max_steps=10, log_every_n_steps=1000).fit(model, loader)
+    # 8 batches an epoch: folded when 3 are held, at the epoch's last batch and at the end
+    assert held == [1, 2, 0, 1, 2, 0, 1, 0, 1, 0]
+
+
 # --------------------------------------------------------------------------- end to end
 
 

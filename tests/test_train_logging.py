@@ -48,6 +48,14 @@ def _fit(cls: type[VAE], root: Path, **trainer_kwargs) -> tuple[list[dict], dict
     return rows, callback
 
 
+def _exact(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("_epoch")} for r in rows]
+
+
+def _epoch_means(rows: list[dict]) -> list[float]:
+    return [float(v) for r in rows for k, v in sorted(r.items()) if k.endswith("_epoch") and v]
+
+
 @pytest.mark.parametrize(
     "trainer_kwargs",
     [
@@ -59,7 +67,10 @@ def _fit(cls: type[VAE], root: Path, **trainer_kwargs) -> tuple[list[dict], dict
 def test_logged_rows_match_logging_every_step(tmp_path, trainer_kwargs) -> None:
     rows, callback = _fit(VAE, tmp_path / "fast", **trainer_kwargs)
     ref_rows, ref_callback = _fit(EveryStepVAE, tmp_path / "ref", **trainer_kwargs)
-    assert rows == ref_rows
+    # the same rows; epoch means agree to float32 rounding (one reduction over the held steps
+    # here, a running sum per step in Lightning's)
+    assert _exact(rows) == _exact(ref_rows)
+    assert _epoch_means(rows) == pytest.approx(_epoch_means(ref_rows), rel=1e-6)
     every = trainer_kwargs["log_every_n_steps"]
     step_rows = [r for r in rows if r["train/loss"]]
     assert [int(r["step"]) for r in step_rows] == [

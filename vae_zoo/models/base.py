@@ -42,7 +42,7 @@ from vae_zoo.distributions import DiagNormal, StandardNormal, kl_divergence, kl_
 from vae_zoo.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 from vae_zoo.lightning_compat import lightning_writes_step_logs
 from vae_zoo.likelihoods import Bernoulli, Likelihood
-from vae_zoo.metrics import SplitMetrics, TermMeans
+from vae_zoo.metrics import SplitMetrics, StepTerms, TermMeans
 from vae_zoo.models.registry import class_from_path, variant_name
 from vae_zoo.networks import DecoderFactory, EncoderFactory, MLPDecoder, MLPEncoder
 from vae_zoo.schedules import KLSchedule
@@ -133,6 +133,8 @@ class BaseVAE(L.LightningModule):
     objective = "ELBO"
     #: compare draws latent traversals of the highest-KL units (disentangling variants)
     show_traversals = False
+    #: at most this many training steps' terms are held before they are checked and reduced
+    MAX_HELD_STEPS = 256
     #: what ``sample`` draws z from, for the ``sample`` command's output line
     prior_description = "the prior p(z)"
 
@@ -178,6 +180,7 @@ class BaseVAE(L.LightningModule):
         self.decoder = decoder(latent_dim, out_shape, self.cond_dim)
         self._compiled = compile  # a flag, not a compiled callable: see compiled_forward_pass
         self.train_terms = TermMeans()
+        self._held_terms = StepTerms()  # training terms not yet in train_terms (log_train)
         self.val_metrics = SplitMetrics()
         self.test_metrics = SplitMetrics()
 
@@ -371,7 +374,12 @@ class BaseVAE(L.LightningModule):
         return super(BaseVAE, written_by).load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the class that wrote the checkpoint (read back by :func:`checkpoint_class`)."""
+        """Record the class that wrote the checkpoint (read back by :func:`checkpoint_class`).
+
+        The held training terms are checked first: a checkpoint is never written of weights
+        trained past a non-finite loss.
+        """
+        self.fold_train_terms()
         cls = type(self)
         checkpoint["vae_zoo"] = {
             "class_path": f"{cls.__module__}.{cls.__qualname__}",
@@ -409,23 +417,41 @@ class BaseVAE(L.LightningModule):
         return self.log_train(self.loss(self(x, y), x))
 
     def log_train(self, terms: dict[str, Tensor], **scalars: float | Tensor) -> Tensor:
-        """Check, accumulate and log a training batch's terms; returns its mean ``loss``.
+        """Hold, check and log a training batch's terms; returns its mean ``loss``.
 
         Every term goes to the epoch means (``train/<name>_epoch``, torchmetrics, all ranks);
         the step values ``train/<name>`` and ``scalars`` only on the steps Lightning writes
-        (see :meth:`_logs_this_step`).
+        (see :meth:`_logs_this_step`). The terms are reduced and checked for NaN/inf on those
+        steps, at the end of an epoch and before any checkpoint is saved, not at every step
+        (see :class:`~vae_zoo.metrics.StepTerms`): a non-finite loss stops the fit there with
+        an error naming the first step that had it, and no checkpoint holds weights trained
+        past it.
         """
         loss = terms["loss"].mean()
-        self._check_finite(loss, terms)
-        batch = next((v.shape[0] for v in terms.values() if v.dim() > 0), 1)
-        self.train_terms.update(terms, batch)
-        if self._logs_this_step():
-            logged = {f"train/{k}": v.detach().mean() for k, v in terms.items()}
-            if "kl" in terms:  # a model without a KL term (VQ-VAE) has no KL weight to show
-                logged["train/kl_weight"] = self.kl_weight
-            logged.update({f"train/{k}": v for k, v in scalars.items()})
-            self.log_dict(logged)
+        self._held_terms.add(terms, self.global_step, self.current_epoch)
+        if not self._logs_this_step():
+            if len(self._held_terms) >= self.MAX_HELD_STEPS:
+                self.fold_train_terms()
+            return loss
+        logged = {f"train/{k}": v for k, v in self._held_terms.last_means().items()}
+        self.fold_train_terms()
+        if "kl" in terms:  # a model without a KL term (VQ-VAE) has no KL weight to show
+            logged["train/kl_weight"] = self.kl_weight
+        logged.update({f"train/{k}": v for k, v in scalars.items()})
+        self.log_dict(logged)
         return loss
+
+    def fold_train_terms(self) -> None:
+        """Check the held training terms for NaN/inf and add them to the epoch means."""
+        bad = self._held_terms.first_non_finite()
+        if bad is not None:  # kept: a later checkpoint save is refused too
+            step, epoch, names = bad
+            raise NonFiniteLossError(
+                f"non-finite training loss at global step {step} (epoch {epoch}); non-finite "
+                f"terms: {', '.join(names)}. Lower the learning rate, narrow logvar_min/"
+                "logvar_max, or use gradient clipping (--trainer.gradient_clip_val=1.0)."
+            )
+        self._held_terms.fold_into(self.train_terms)
 
     def _logs_this_step(self) -> bool:
         """Whether to log this step's train values: when Lightning writes them, and at the last
@@ -444,6 +470,7 @@ class BaseVAE(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch means of the training terms (``train/<name>_epoch``)."""
+        self.fold_train_terms()
         means = self.train_terms.compute() if self.train_terms.update_count else {}
         self._log_reduced({f"train/{k}_epoch": v for k, v in means.items()})
         self.train_terms.reset()
@@ -531,17 +558,6 @@ class BaseVAE(L.LightningModule):
         if extra:
             return [optimizer, *extra], [scheduler]
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
-        if torch.isfinite(loss):
-            return
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        raise NonFiniteLossError(
-            f"non-finite training loss at global step {self.global_step} "
-            f"(epoch {self.current_epoch}); non-finite terms: {', '.join(bad) or 'loss'}. "
-            "Lower the learning rate, narrow logvar_min/logvar_max, or use gradient clipping "
-            "(--trainer.gradient_clip_val=1.0)."
-        )
 
 
 def checkpoint_class(path: Any) -> type | None:
