@@ -22,11 +22,12 @@ from vae_zoo.models import (
     BaseVAE,
     BetaVAE,
     ConditionalVAE,
+    LadderVAE,
     VampPriorVAE,
     list_models,
 )
 from vae_zoo.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae_zoo.schedules import LinearWarmup
+from vae_zoo.schedules import KLSchedule, LinearWarmup
 
 ENC = functools.partial(MLPEncoder, hidden_dims=(32,))
 DEC = functools.partial(MLPDecoder, hidden_dims=(32,))
@@ -160,6 +161,18 @@ def test_logvar_is_clamped_in_encode_and_in_the_kl(binary_batch) -> None:
 def test_base_rejects_bad_config(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         tiny(VAE, **kwargs)
+
+
+def test_the_objective_label_names_a_kl_weight_other_than_one() -> None:
+    # compare's table says what each run minimised: a VAE trained with KL weight 0.5 did not
+    # maximise the ELBO; a warm-up that ends at 1 did
+    assert tiny().objective == "ELBO"
+    assert tiny(kl_schedule=LinearWarmup(warmup_steps=10)).objective == "ELBO"
+    assert tiny(kl_schedule=KLSchedule(0.5)).objective == "-(recon - 0.5*KL)"
+    assert tiny(LadderVAE, kl_schedule=KLSchedule(2.0)).objective == "-(recon - 2*KL)"
+    vamp = tiny(VampPriorVAE, num_pseudo_inputs=3, kl_schedule=KLSchedule(0.25))
+    assert vamp.objective == "-(recon - 0.25*KL), VampPrior K=3, MC KL"
+    assert tiny(VampPriorVAE, num_pseudo_inputs=3).objective == "-ELBO, VampPrior K=3, MC KL"
 
 
 # --------------------------------------------------------------------------- IW log-likelihood

@@ -129,8 +129,6 @@ class BaseVAE(L.LightningModule):
     #: True when ``log_likelihood`` estimates a bound that does not tighten with k
     #: (a discrete latent under a uniform prior): the tables label it as a bound
     likelihood_is_bound = False
-    #: what the variant minimises, for tables (say when it is not an ELBO)
-    objective = "ELBO"
     #: compare draws latent traversals of the highest-KL units (disentangling variants)
     show_traversals = False
     #: at most this many training steps' terms are held before they are checked and reduced
@@ -261,6 +259,18 @@ class BaseVAE(L.LightningModule):
         if self.training:
             return self.kl_schedule(self.global_step)
         return self.kl_schedule.final
+
+    @property
+    def objective(self) -> str:
+        """What the variant minimises, for tables: "ELBO", or its KL-weighted form (a variant
+        whose objective is not the ELBO says so)."""
+        label = self.elbo_objective()
+        return "ELBO" if label == "-ELBO" else label
+
+    def elbo_objective(self) -> str:
+        """``-ELBO``, or ``-(recon - w*KL)`` when the KL schedule ends at a weight w != 1."""
+        weight = self.kl_schedule.final
+        return "-ELBO" if weight == 1 else f"-(recon - {weight:g}*KL)"
 
     def elbo_terms(self, out: ForwardPass) -> dict[str, Tensor]:
         """``elbo``, ``recon`` and ``kl`` of one forward pass, per example in nats ([B])."""

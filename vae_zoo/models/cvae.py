@@ -61,12 +61,10 @@ class ConditionalVAE(BaseVAE):
     @property
     def objective(self) -> str:  # type: ignore[override]
         """What is minimised, for tables: the ELBO, or its KL-weighted form, and the prior."""
-        weight = self.kl_schedule.final
         if self.prior_kind != "vamp":
-            return super().objective if weight == 1 else f"-(recon - {weight:g}*KL)"
-        loss = "-ELBO" if weight == 1 else f"-(recon - {weight:g}*KL)"
+            return super().objective
         per_class = self.pseudo_logits.shape[0] // self._num_classes
-        return f"{loss}, class VampPrior K={per_class}, MC KL"
+        return f"{self.elbo_objective()}, class VampPrior K={per_class}, MC KL"
 
     @property
     def num_classes(self) -> int:

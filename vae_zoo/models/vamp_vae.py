@@ -88,7 +88,7 @@ class VampPriorVAE(BaseVAE):
     @property
     def objective(self) -> str:  # type: ignore[override]
         """What is minimised, for tables."""
-        return f"-ELBO, VampPrior K={self.num_pseudo_inputs}, MC KL"
+        return f"{self.elbo_objective()}, VampPrior K={self.num_pseudo_inputs}, MC KL"
 
     @property
     def num_pseudo_inputs(self) -> int:
