@@ -25,6 +25,17 @@ from torchmetrics import Metric
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
+def same_names(names: tuple[str, ...], terms: dict[str, Tensor]) -> tuple[str, ...]:
+    """The names of ``terms``, refused unless they are ``names`` (or ``names`` is empty)."""
+    new = tuple(terms)
+    if names and new != names:
+        raise ValueError(
+            f"the terms changed between batches: {list(names)} then {list(new)}; "
+            "a variant's loss() must return the same keys for every batch"
+        )
+    return new
+
+
 class TermMeans(Metric):
     """Means over examples of named terms, all in one state vector (one update per batch).
 
@@ -46,14 +57,7 @@ class TermMeans(Metric):
 
     def update(self, terms: dict[str, Tensor], batch_size: int) -> None:
         """Add one batch: ``terms`` maps names to [B] tensors or scalars, B = ``batch_size``."""
-        names = tuple(terms)
-        if not self.names:
-            self.names = names
-        elif names != self.names:
-            raise ValueError(
-                f"the terms changed between batches: {list(self.names)} then {list(names)}; "
-                "a variant's loss() must return the same keys for every batch"
-            )
+        self.names = names = same_names(self.names, terms)
         if self.sums.numel() != len(names):
             self.sums = torch.zeros(len(names), device=self.count.device)
         values = list(terms.values())
@@ -102,14 +106,7 @@ class StepTerms:
 
     def add(self, terms: dict[str, Tensor], step: int = 0, epoch: int = 0) -> None:
         """Hold one batch's terms ([B] tensors or scalars) of training step ``step``."""
-        names = tuple(terms)
-        if not self.values:
-            self.names = names
-        elif names != self.names:
-            raise ValueError(
-                f"the terms changed between batches: {list(self.names)} then {list(names)}; "
-                "a variant's loss() must return the same keys for every batch"
-            )
+        self.names = same_names(self.names if self.values else (), terms)
         values = list(terms.values())
         first = values[0]
         with torch.no_grad():
