@@ -102,3 +102,21 @@ def test_twin_times_every_window_step(workdir, throughput: ModuleType) -> None:
     assert len(twin.plain) == setup.steps + 1
     assert len(twin.lightning) == setup.steps
     assert all(t > 0 for t in twin.plain + twin.lightning)
+
+
+def test_training_step_benchmark_prints_both_kinds(workdir, throughput: ModuleType) -> None:
+    """benchmarks/training_step.py: the measured and the control fits, and their summary."""
+    path = ROOT / "benchmarks" / "training_step.py"
+    spec = importlib.util.spec_from_file_location("training_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports the throughput fixture's module (tiny data)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        argv = ["--steps", "6", "--warmup", "2", "--repeats", "2", "--batch_size", "8"]
+        assert module.main([*argv, "--threads", "1"]) == 0
+    lines = out.getvalue().splitlines()
+    assert sum(ln.startswith("training_step ") for ln in lines) == 2
+    assert sum(ln.startswith("control ") for ln in lines) == 2
+    for name in ("training_step", "control"):
+        summary = next(ln for ln in lines if ln.startswith(f"{name}: median added"))
+        assert math.isfinite(float(summary.split()[3]))
