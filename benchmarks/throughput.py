@@ -57,6 +57,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -250,19 +251,25 @@ def run_bare_interleaved(setup: Setup, images: torch.Tensor, labels: torch.Tenso
     cli = build_cli(setup)
     twin = PlainTwin(setup, images, labels)
     with quiet():
-        trainer = L.Trainer(
-            max_steps=setup.warmup + setup.steps,
-            accelerator=setup.device,
-            devices=1,
-            precision=setup.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[twin],
-        )
-        trainer.fit(BareModule(cli.model), datamodule=cli.datamodule)
+        bare_trainer(setup, twin).fit(BareModule(cli.model), datamodule=cli.datamodule)
     return twin.ratio()
+
+
+def bare_trainer(setup: Setup, *callbacks: L.Callback, **kwargs: Any) -> L.Trainer:
+    """A Trainer for the setup's window with nothing of its own: no logger, checkpoints,
+    progress bar or model summary; only ``callbacks`` (and ``kwargs``, e.g. no validation)."""
+    return L.Trainer(
+        max_steps=setup.warmup + setup.steps,
+        accelerator=setup.device,
+        devices=1,
+        precision=setup.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
 
 
 def autocast(setup: Setup) -> contextlib.AbstractContextManager:

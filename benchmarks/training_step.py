@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from throughput import Setup, build_cli, quiet
+from throughput import Setup, bare_trainer, build_cli, quiet
 
 Step = Callable[[Any, Any, int], torch.Tensor]
 
@@ -70,18 +70,7 @@ def parity_fit(setup: Setup, even: Step, odd: Step) -> tuple[float, float]:
     model.training_step = training_step
     timer = ParityTimer(setup.warmup)
     with quiet():
-        trainer = L.Trainer(
-            max_steps=setup.warmup + setup.steps,
-            accelerator=setup.device,
-            devices=1,
-            precision=setup.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            callbacks=[timer],
-        )
+        trainer = bare_trainer(setup, timer, limit_val_batches=0)
         trainer.fit(model, datamodule=cli.datamodule)
     return timer.medians()
 
