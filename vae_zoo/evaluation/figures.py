@@ -120,10 +120,11 @@ def class_grid_panel(
     rows = []
     for k in range(num_classes):
         labels = torch.full((per_class,), k, dtype=torch.long, device=model.device)
-        if getattr(model.prior(labels), "from_noise", None) is None:
+        from_noise = getattr(model.prior(labels), "from_noise", None)  # the prior built once
+        if from_noise is None:
             shared, z = False, model.sample_latent(per_class, labels)
         else:
-            z = prior_latents(model, eps, labels)
+            z = from_noise(eps)
         rows.append(_mean_images(model, z, labels).cpu())
     names = list(class_names) if class_names and len(class_names) == num_classes else None
     row_labels = names or [str(k) for k in range(num_classes)]
