@@ -390,24 +390,3 @@ def test_step_terms_name_the_first_non_finite_step_and_terms() -> None:
     buffer.add({"loss": torch.ones(3), "kl": torch.full((3,), float("inf"))}, 6, 1)
     assert buffer.first_non_finite() == (5, 1, ["loss"])
 
-
-def test_step_terms_write_into_a_reused_block() -> None:
-    # no allocation a step: rows of one block, reused after a fold; more steps than a block
-    # holds, or another batch size, start a new block without losing the held rows
-    buffer = StepTerms()
-    steps = [{"loss": torch.full((4,), float(i)), "kl": torch.full((4,), -float(i))}
-             for i in range(StepTerms.BLOCK_ROWS + 3)]
-    for i, terms in enumerate(steps):
-        buffer.add(terms, step=i)
-    buffer.add({"loss": torch.ones(2), "kl": torch.ones(2)}, step=len(steps))  # a short batch
-    folded = TermMeans()
-    buffer.fold_into(folded)
-    n = len(steps)
-    expected_loss = (4 * sum(range(n)) + 2) / (4 * n + 2)
-    assert float(folded.compute()["loss"]) == pytest.approx(expected_loss)
-    buffer.add(steps[5])  # batch size 4 again: a new block
-    block = buffer._block
-    buffer.fold_into(TermMeans())
-    buffer.add(steps[6])
-    assert buffer._block is block and buffer.values[0].data_ptr() == block.data_ptr()
-    assert buffer.last_means() == {"loss": 6.0, "kl": -6.0}

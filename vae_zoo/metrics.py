@@ -89,21 +89,16 @@ class StepTerms:
 
     On a CPU every small torch op of a training step costs 10-25 us in a real fit (the caches
     are cold after the step's matrix products), and a per-step finite check is a host sync (on
-    a GPU a stall). :meth:`add` does one ``torch.stack`` into a row of a block it keeps and
-    reuses (no allocation a step); the reduction and the finite check of every held step
-    happen at once in :meth:`fold_into` and :meth:`first_non_finite`. A scalar term counts once
-    for each example of its batch, as in :meth:`TermMeans.update`.
+    a GPU a stall). :meth:`add` does one ``torch.stack``; the reduction and the finite check of
+    every held step happen at once in :meth:`fold_into` and :meth:`first_non_finite`. A scalar
+    term counts once for each example of its batch, as in :meth:`TermMeans.update`. (Writing
+    the stacks into a reused block instead, to allocate nothing a step, measured no faster.)
     """
-
-    #: rows of a block: steps held before another block is allocated
-    BLOCK_ROWS = 64
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] = ()
         self.steps: list[tuple[int, int]] = []  # (global step, epoch) of each held batch
         self.values: list[Tensor] = []  # [T, B] per held batch, T = len(names)
-        self._block: Tensor | None = None  # [BLOCK_ROWS, T, B]: rows 0.._used-1 are held
-        self._used = 0
 
     def __len__(self) -> int:
         return len(self.values)
@@ -117,8 +112,7 @@ class StepTerms:
             if first.dim() == 1 and all(
                 v.shape == first.shape and v.dtype == first.dtype for v in values
             ):
-                # the usual case, every term [B]: one op, into a held row
-                stacked = torch.stack(values, out=self._row(len(values), first))
+                stacked = torch.stack(values)  # the usual case: every term [B], one op
             else:
                 batch = next((v.shape[0] for v in values if v.dim() > 0), 1)
                 stacked = torch.stack([_per_example(v.float(), batch) for v in values])
@@ -151,23 +145,6 @@ class StepTerms:
         """Forget the held batches."""
         self.values.clear()
         self.steps.clear()
-        self._used = 0  # the block's rows are free again (nothing outside holds them)
-
-    def _row(self, terms: int, like: Tensor) -> Tensor:
-        """The next free [terms, B] row of the block (a new block when full or unlike)."""
-        block = self._block
-        if (
-            block is None
-            or self._used == len(block)
-            or block.shape[1:] != (terms, like.shape[0])
-            or block.dtype != like.dtype
-            or block.device != like.device
-        ):
-            shape = (self.BLOCK_ROWS, terms, like.shape[0])
-            block = self._block = torch.empty(shape, dtype=like.dtype, device=like.device)
-            self._used = 0
-        self._used += 1
-        return block[self._used - 1]
 
 
 def _per_example(value: Tensor, batch: int) -> Tensor:
