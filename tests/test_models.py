@@ -173,6 +173,8 @@ def test_the_objective_label_names_a_kl_weight_other_than_one() -> None:
     vamp = tiny(VampPriorVAE, num_pseudo_inputs=3, kl_schedule=KLSchedule(0.25))
     assert vamp.objective == "-(recon - 0.25*KL), VampPrior K=3, MC KL"
     assert tiny(VampPriorVAE, num_pseudo_inputs=3).objective == "-ELBO, VampPrior K=3, MC KL"
+    assert tiny(BetaVAE, beta=4.0).objective == "-(recon - 4*KL)"
+    assert tiny(BetaVAE, beta=4.0, kl_schedule=KLSchedule(0.5)).objective == "-(recon - 2*KL)"
 
 
 # --------------------------------------------------------------------------- IW log-likelihood

@@ -47,8 +47,8 @@ class BetaVAE(BaseVAE):
     @property
     def objective(self) -> str:  # type: ignore[override]
         """What is minimised, for tables: the beta-weighted ELBO or the capacity form."""
-        if self.gamma is None:
-            return f"-(recon - {self.beta:g}*KL)"
+        if self.gamma is None:  # the loss weights the KL by beta times the schedule's weight
+            return f"-(recon - {self.beta * self.kl_schedule.final:g}*KL)"
         return f"-(recon - {self.gamma:g}*|KL - C|), C to {self.capacity_max:g}"
 
     @property
