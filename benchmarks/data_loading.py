@@ -4,7 +4,7 @@ Both read the real MNIST training images (60,000, from $VAE_ZOO_DATA or --data_d
 128, shuffled, num_workers=0, one epoch each, on the CPU. The baseline is
 ``DataLoader(torchvision.datasets.MNIST(..., transform=ToTensor()))``; the fast path is
 ``VAEDataModule(binarize="none")``, which yields the same grey levels (pixel / 255). The fast
-path with dynamic binarization (one ``torch.bernoulli`` per batch) is reported as well.
+path with dynamic binarization (one uint8 draw per pixel a batch) is reported as well.
 
     VAE_ZOO_DATA=/work/shared/data python benchmarks/data_loading.py
 """

@@ -10,7 +10,8 @@ For each model (the default MLP VAE of ``configs/mnist/vae.yaml``, and the same 
 (b) ``plain``: a hand-written loop over the data module's training images held in one tensor,
     with a fresh model of the same class, config and seed (same initial weights, checked), the
     same Adam settings, batch size, device, precision and dynamic binarization
-    (``torch.bernoulli`` per batch), calling the same ``model.elbo(x, y)["loss"].mean()``;
+    (``vae_zoo.data.loader.binarize`` per batch, as the data module draws it), calling the same
+    ``model.elbo(x, y)["loss"].mean()``;
 
 alternating in one process with the same torch threads, ``--repeats`` pairs in the order
 a b, b a, a b, ... (so that a machine that speeds up or slows down during the run favours
@@ -63,6 +64,7 @@ import lightning as L
 import torch
 
 from vae_zoo.cli.flags import add_flag
+from vae_zoo.data.loader import binarize
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mnist" / "vae.yaml"
@@ -282,15 +284,19 @@ def autocast(setup: Setup) -> contextlib.AbstractContextManager:
 
 
 def batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, gen: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled full batches forever, binarized afresh each time (dynamic binarization)."""
+    """Shuffled full batches of uint8 ``images`` forever, binarized afresh each time (dynamic
+    binarization, the data module's own draw)."""
     n = len(images)
+    order = torch.Generator().manual_seed(seed)
+    draws = torch.Generator(images.device).manual_seed(seed)
     while True:
-        perm = torch.randperm(n, generator=gen).to(images.device)
+        perm = torch.randperm(n, generator=order).to(images.device)
         for start in range(0, n - batch_size + 1, batch_size):
             idx = perm[start : start + batch_size]
-            yield torch.bernoulli(images.index_select(0, idx)), labels.index_select(0, idx)
+            x = binarize(images.index_select(0, idx), draws).to(torch.float32)
+            yield x, labels.index_select(0, idx)
 
 
 def plain_step(
@@ -305,7 +311,7 @@ def plain_step(
     hp = model.hparams
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.precision == "16-mixed")
-    data = batches(images, labels, setup.batch_size, torch.Generator().manual_seed(setup.seed))
+    data = batches(images, labels, setup.batch_size, setup.seed)
 
     def step() -> int:
         x, y = next(data)
@@ -344,13 +350,13 @@ def run_interleaved(setup: Setup, images: torch.Tensor, labels: torch.Tensor) ->
 
 
 def training_images(setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
-    """The data module's training split as float images in [0, 1] and int64 labels."""
+    """The data module's training split: uint8 images and int64 labels."""
     dm = build_cli(setup).datamodule
     with quiet():
         dm.prepare_data()
         dm.setup("fit")
     split = dm.train_dataloader().dataset  # a BatchDataset over uint8 images
-    return split.images.float().div_(255), split.labels
+    return split.images, split.labels
 
 
 def check_window(setup: Setup, num_train: int) -> None:

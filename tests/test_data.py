@@ -33,6 +33,7 @@ from vae_zoo.data import (
 )
 from vae_zoo.data.checksums import sha256_hex
 from vae_zoo.data.idx import IdxFormatError, encode_idx, parse_idx, read_bytes
+from vae_zoo.data.loader import BatchDataset, BatchLoader, binarize
 from vae_zoo.errors import ConfigError
 
 N_TRAIN, N_TEST = 50, 20
@@ -482,6 +483,37 @@ def test_dynamic_binarization(data_dir: Path, arrays: dict[str, torch.Tensor]) -
     static = make_dm(data_dir, binarize="static", batch_size=64)
     assert torch.equal(val1, collect(static.val_dataloader())[0])
     assert torch.equal(collect(dm.test_dataloader())[0], collect(static.test_dataloader())[0])
+
+
+def test_binarize_draws_each_grey_level_with_probability_v_over_255() -> None:
+    # Every grey level 0..255, 40,000 draws each: the frequency of 1 is v/255 within 5 standard
+    # errors of a Bernoulli(v/255) mean, and exactly 0 and 1 at the ends.
+    levels = torch.arange(256, dtype=torch.uint8)
+    draws = 40_000
+    gen = torch.Generator().manual_seed(0)
+    on = binarize(levels.repeat(draws, 1), gen)
+    assert on.dtype == torch.bool
+    freq = on.double().mean(0)
+    p = levels.double() / 255
+    assert freq[0] == 0 and freq[255] == 1
+    assert torch.all((freq - p).abs() <= 5 * (p * (1 - p) / draws).sqrt() + 1e-12)
+    # The noise is uniform on {0, ..., 254}: P(u < v) = v/255 holds exactly, not to float precision.
+    noise = torch.randint(0, 255, (draws,), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.uint8)
+    assert int(noise.max()) == 254 and int(noise.min()) == 0
+    # Same seed, same draws (what resuming a run relies on).
+    again = binarize(levels.repeat(draws, 1), torch.Generator().manual_seed(0))
+    assert torch.equal(on, again)
+
+
+def test_a_binarizing_loader_needs_a_raw_dataset() -> None:
+    images, labels = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8), torch.zeros(8)
+    with pytest.raises(ValueError, match="raw"):
+        BatchLoader(BatchDataset(images, labels), binarize_seed=0)
+    with pytest.raises(ValueError, match="raw"):
+        BatchLoader(BatchDataset(images, labels, raw=True))
+    x, _ = BatchDataset(images, labels)[torch.arange(3)]
+    assert x.dtype == torch.float32 and torch.equal(x, images[:3].float() / 255)
 
 
 def test_static_binarization_is_fixed(data_dir: Path) -> None:

@@ -5,6 +5,10 @@ A failure here means Lightning changed under vae_zoo: the message names the item
 """
 
 import csv
+import ctypes
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -131,3 +135,59 @@ def test_item_2_writes_step_logs_predicts_exactly_the_rows_lightning_writes(tmp_
         written = [int(row["step"]) for row in csv.DictReader(f)]
     assert model.predicted == written
     assert written != list(range(22))  # not every step: the prediction is not trivially true
+
+
+def test_item_3_lightning_still_sets_the_nvml_check_on_import() -> None:
+    env = {k: v for k, v in os.environ.items() if k != lightning_compat.NVML_CHECK}
+    code = f"import os, lightning; print(os.environ.get({lightning_compat.NVML_CHECK!r}))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", (
+        "item 3 of vae_zoo/lightning_compat.py: Lightning no longer sets "
+        f"{lightning_compat.NVML_CHECK} on import ({out.stdout!r} {out.stderr[-500:]!r})"
+    )
+
+
+def _nvml_loads(monkeypatch: pytest.MonkeyPatch, loads: bool) -> None:
+    """Make the shim see a CUDA build of torch on a machine with or without NVML."""
+
+    def cdll(name: str) -> object:
+        if not loads:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    monkeypatch.setattr(lightning_compat.ctypes, "CDLL", cdll)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("loads", [False, True])
+def test_item_3_the_check_goes_only_where_nvml_cannot_be_loaded(
+    monkeypatch: pytest.MonkeyPatch, loads: bool
+) -> None:
+    monkeypatch.setenv(lightning_compat.NVML_CHECK, "1")
+    _nvml_loads(monkeypatch, loads)
+    assert lightning_compat.drop_nvml_check_without_nvml() is not loads
+    assert (os.environ.get(lightning_compat.NVML_CHECK) == "1") is loads
+    assert lightning_compat.drop_nvml_check_without_nvml() is False  # nothing left to drop
+
+
+def test_item_3_the_cli_drops_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_zoo.cli import VAEZooCLI
+
+    monkeypatch.setenv(lightning_compat.NVML_CHECK, "1")
+    _nvml_loads(monkeypatch, False)
+    VAEZooCLI(args=["--config", "mnist/vae", "--data.download=false"], run=False)
+    assert lightning_compat.NVML_CHECK not in os.environ
+
+
+def test_item_3_without_nvml_the_answer_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        ctypes.CDLL(lightning_compat.NVML_LIBRARY)
+    except OSError:
+        pass
+    else:
+        pytest.skip("NVML loads here: the check is kept, and CUDA is not initialised by a test")
+    monkeypatch.setenv(lightning_compat.NVML_CHECK, "1")
+    with_check = (torch.cuda.is_available(), torch.cuda.device_count())
+    monkeypatch.delenv(lightning_compat.NVML_CHECK)
+    assert (torch.cuda.is_available(), torch.cuda.device_count()) == with_check

@@ -41,7 +41,11 @@ from vae_zoo.callbacks.classifier_metrics import ClassifierMetrics
 from vae_zoo.checkpoints import AtomicCheckpointIO, variant_of
 from vae_zoo.cli.parser import VAEZooParser, check_config_files
 from vae_zoo.errors import CheckpointMismatchError, ConfigError
-from vae_zoo.lightning_compat import restore_ckpt_path, stash_ckpt_path
+from vae_zoo.lightning_compat import (
+    drop_nvml_check_without_nvml,
+    restore_ckpt_path,
+    stash_ckpt_path,
+)
 from vae_zoo.loggers import RunCSVLogger, prepare_wandb, previous_wandb_id
 from vae_zoo.models import BaseVAE
 from vae_zoo.models.registry import class_from_path
@@ -94,6 +98,7 @@ class VAEZooCLI(LightningCLI):
         from vae_zoo.data import VAEDataModule
 
         _quiet_known_noise()
+        drop_nvml_check_without_nvml()  # a failed dlopen every optimizer step on a CPU machine
 
         mode = {"parser_mode": "omegaconf"}
         settings: dict[str, Any] = {
