@@ -506,6 +506,21 @@ def test_binarize_draws_each_grey_level_with_probability_v_over_255() -> None:
     assert torch.equal(on, again)
 
 
+def test_the_fixed_binarization_is_the_one_results_were_measured_on() -> None:
+    # The static validation/test sets behind every reported number: a change of this draw would
+    # silently change them. (SHA-256 recorded from the code of 2026-12-03, before and after the
+    # dynamic draw moved to binarize().)
+    import hashlib
+
+    from vae_zoo.data.loader import fixed_binarization
+
+    images = (torch.arange(3 * 28 * 28) % 256).to(torch.uint8).reshape(3, 1, 28, 28)
+    out = fixed_binarization(images, seed=123)
+    assert hashlib.sha256(out.numpy().tobytes()).hexdigest() == (
+        "7adceec4db77a11af06d039bdc13792096310b24d168aa15d80e7d0cc082a661"
+    )
+
+
 def test_a_binarizing_loader_needs_a_raw_dataset() -> None:
     images, labels = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8), torch.zeros(8)
     with pytest.raises(ValueError, match="raw"):

@@ -45,7 +45,7 @@ class BetaVAE(BaseVAE):
         self.capacity_steps = capacity_steps
 
     @property
-    def objective(self) -> str:  # type: ignore[override]
+    def objective(self) -> str:
         """What is minimised, for tables: the beta-weighted ELBO or the capacity form."""
         if self.gamma is None:  # the loss weights the KL by beta times the schedule's weight
             return f"-(recon - {self.beta * self.kl_schedule.final:g}*KL)"

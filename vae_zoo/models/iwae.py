@@ -53,7 +53,7 @@ class IWAE(BaseVAE):
         self.k = k
 
     @property
-    def objective(self) -> str:  # type: ignore[override]
+    def objective(self) -> str:
         """What is minimised, for tables."""
         return f"-L_k, IW bound k={self.k}"
 

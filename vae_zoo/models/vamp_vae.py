@@ -86,7 +86,7 @@ class VampPriorVAE(BaseVAE):
         )
 
     @property
-    def objective(self) -> str:  # type: ignore[override]
+    def objective(self) -> str:
         """What is minimised, for tables."""
         return f"{self.elbo_objective()}, VampPrior K={self.num_pseudo_inputs}, MC KL"
 

@@ -380,7 +380,7 @@ class VQVAE(BaseVAE):
         return tuple(z_e.shape[2:])
 
     @property
-    def objective(self) -> str:  # type: ignore[override]
+    def objective(self) -> str:
         """What is minimised, for tables (no ELBO: the bound is reported as the NLL)."""
         how = "EMA" if self.codebook_mode == "ema" else "loss-trained"
         # no '|' in it: it goes into markdown table cells
