@@ -60,7 +60,8 @@ class VAEDataModule(L.LightningDataModule):
     10,000 test images form the test set, also used by ``predict_dataloader``.
 
     Binarization (``binarize``):
-      - ``"dynamic"``: training batches get a fresh ``torch.bernoulli(x)`` each time. Validation
+      - ``"dynamic"``: training batches get a fresh draw each time, a pixel v being 1 with
+        probability v/255 (:func:`~vae_zoo.data.loader.binarize`). Validation
         and test use one *fixed* binarization (the ``"static"`` one, seeded with ``seed``), so
         their numbers are comparable between epochs, runs and the two binarized modes.
       - ``"static"``: one binarization made once with ``seed``, used by every split.
