@@ -59,7 +59,7 @@ class ConditionalVAE(BaseVAE):
             )
 
     @property
-    def objective(self) -> str:  # type: ignore[override]
+    def objective(self) -> str:
         """What is minimised, for tables: the ELBO, or its KL-weighted form, and the prior."""
         if self.prior_kind != "vamp":
             return super().objective
