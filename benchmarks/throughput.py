@@ -9,7 +9,8 @@ For each model (the default MLP VAE of ``configs/mnist/vae.yaml``, and the same 
     progress bar is off unless ``--progress_bar``, so the output stays readable;
 (b) ``plain``: a hand-written loop over the data module's training images held in one tensor,
     with a fresh model of the same class, config and seed (same initial weights, checked), the
-    same Adam settings, batch size, device, precision and dynamic binarization
+    same optimizer (the model's own ``configure_optimizers``: Adam, fused where it applies),
+    batch size, device, precision and dynamic binarization
     (``vae_zoo.data.loader.binarize`` per batch, as the data module draws it), calling the same
     ``model.elbo(x, y)["loss"].mean()``;
 
@@ -241,10 +242,9 @@ class BareModule(L.LightningModule):
         x, y = batch
         return self.model.elbo(x, y)["loss"].mean()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam with the model's own settings, as in the plain loop."""
-        hp = self.model.hparams
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """The model's own optimizer, as in the plain loop."""
+        return self.model.configure_optimizers()
 
 
 def run_bare_interleaved(setup: Setup, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -308,8 +308,7 @@ def plain_step(
     device = torch.device(setup.device)
     model.to(device).train()
     images, labels = images.to(device), labels.to(device)
-    hp = model.hparams
-    opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    opt = model.configure_optimizers()  # the fit's optimizer, settings and all
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.precision == "16-mixed")
     data = batches(images, labels, setup.batch_size, setup.seed)
 

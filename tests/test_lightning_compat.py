@@ -17,11 +17,13 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from small_models import SMALL, binary_images
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
 from vae_zoo import lightning_compat
 from vae_zoo.lightning_compat import lightning_writes_step_logs
+from vae_zoo.models import VAE
 
 
 class Tiny(LightningModule):
@@ -177,6 +179,16 @@ def test_item_3_the_cli_drops_the_check(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv(lightning_compat.NVML_CHECK, "1")
     _nvml_loads(monkeypatch, False)
     VAEZooCLI(args=["--config", "mnist/vae", "--data.download=false"], run=False)
+    assert lightning_compat.NVML_CHECK not in os.environ
+
+
+def test_item_3_a_fit_with_a_trainer_of_ones_own_drops_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(lightning_compat.NVML_CHECK, "1")
+    _nvml_loads(monkeypatch, False)
+    data = DataLoader(TensorDataset(binary_images(8), torch.zeros(8, dtype=torch.long)), 4)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(VAE(**SMALL), data)
     assert lightning_compat.NVML_CHECK not in os.environ
 
 

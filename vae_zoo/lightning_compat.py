@@ -23,7 +23,8 @@ checks each against the installed Lightning and fails, naming the item, when it 
    driver: a CPU machine with a CUDA build of torch) each call tries to load
    ``libnvidia-ml.so.1`` again, fails and falls back to CUDA's own device count: 0.05-0.5 ms
    an optimizer step, 4% of the MLP VAE's step on 2 CPU cores. There the variable changes
-   nothing but that cost, so the CLI removes it (:func:`drop_nvml_check_without_nvml`).
+   nothing but that cost, so the CLI removes it (:func:`drop_nvml_check_without_nvml`), and so
+   does ``BaseVAE.setup`` for a model trained by a ``Trainer`` of the user's own.
 """
 
 import ctypes

@@ -40,11 +40,12 @@ from torch.distributions import Distribution
 
 from vae_zoo.distributions import DiagNormal, StandardNormal, kl_divergence, kl_per_dim
 from vae_zoo.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
-from vae_zoo.lightning_compat import lightning_writes_step_logs
+from vae_zoo.lightning_compat import drop_nvml_check_without_nvml, lightning_writes_step_logs
 from vae_zoo.likelihoods import Bernoulli, Likelihood
 from vae_zoo.metrics import SplitMetrics, StepTerms, TermMeans
 from vae_zoo.models.registry import class_from_path, variant_name
 from vae_zoo.networks import DecoderFactory, EncoderFactory, MLPDecoder, MLPEncoder
+from vae_zoo.optimizers import adam
 from vae_zoo.schedules import KLSchedule
 
 
@@ -398,6 +399,8 @@ class BaseVAE(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check the model against the data module: image shape and number of classes."""
+        # a Trainer of the user's own pays a failed NVML load per optimizer step, as the CLI did
+        drop_nvml_check_without_nvml()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
@@ -544,9 +547,13 @@ class BaseVAE(L.LightningModule):
         return []
 
     def configure_optimizers(self) -> Any:
-        """Adam over the main parameters, then any auxiliary optimizers."""
-        main = torch.optim.Adam(
-            self.main_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        """Adam over the main parameters (fused where it applies, see :mod:`vae_zoo.optimizers`),
+        then any auxiliary optimizers."""
+        main = adam(
+            self.main_parameters(),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            trainer=self._trainer,
         )
         return self.configure_optimizers_with(main)
 

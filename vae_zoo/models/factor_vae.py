@@ -52,6 +52,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from vae_zoo.errors import ConfigError
 from vae_zoo.models.base import BaseVAE, ForwardPass
 from vae_zoo.models.registry import register_model
+from vae_zoo.optimizers import adam
 
 #: negative slope of the discriminator's leaky ReLUs (the paper's 0.2)
 LEAKY_SLOPE = 0.2
@@ -206,9 +207,10 @@ class FactorVAE(BaseVAE):
     def configure_auxiliary_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for the discriminator (the paper's lr 1e-4, betas (0.5, 0.9) by default)."""
         return [
-            torch.optim.Adam(
+            adam(
                 self.discriminator.parameters(),
                 lr=self.discriminator_lr,
+                trainer=self._trainer,
                 betas=self.discriminator_betas,
             )
         ]
