@@ -1,6 +1,7 @@
 """The default optimizer: Adam's fused kernel where it applies, its loop implementation else."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -46,7 +47,8 @@ def test_fused_adam_updates_as_the_loop_implementation() -> None:
 
 def test_fused_adam_applies_only_where_it_can() -> None:
     """Floating-point CPU/CUDA parameters only; never with clipping under a mixed precision,
-    where Lightning refuses to clip for an optimizer that unscales inside its step."""
+    where Lightning refuses to clip for an optimizer that unscales inside its step, nor under
+    16-mixed's gradient scaler."""
     floats = [nn.Parameter(torch.zeros(3))]
     assert fused_adam_applies(floats)
     assert not fused_adam_applies([])
@@ -60,6 +62,9 @@ def test_fused_adam_applies_only_where_it_can() -> None:
     ]:
         trainer = quiet_trainer(precision=precision, gradient_clip_val=clip)
         assert fused_adam_applies(floats, trainer) is expected, (precision, clip)
+    # 16-mixed needs a GPU for a real Trainer; the rule reads only these two settings
+    fp16 = SimpleNamespace(precision="16-mixed", gradient_clip_val=None)
+    assert not fused_adam_applies(floats, fp16)
 
 
 @pytest.mark.parametrize(

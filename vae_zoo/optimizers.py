@@ -11,7 +11,9 @@ It is not used where it would fail or change what Lightning allows:
 * parameters that are not floating point, or not on a CPU (torch >= 2.4) or CUDA device;
 * gradient clipping under a mixed precision: a fused optimizer unscales gradients inside its
   own ``step``, and Lightning's ``MixedPrecision`` plugin refuses to clip gradients for such an
-  optimizer (a RuntimeError at the first step).
+  optimizer (a RuntimeError at the first step);
+* ``16-mixed``, whose gradient scaler would leave the gradients that callbacks see before the
+  step (``on_before_optimizer_step``: gradient norms) scaled, where they are unscaled today.
 
 A checkpoint keeps its optimizer's setting: a run resumed from one written with the loop
 implementation goes on with it.
@@ -33,8 +35,9 @@ def fused_adam_applies(params: Iterable[nn.Parameter], trainer: Any = None) -> b
         return False
     if trainer is None:
         return True
+    precision = str(getattr(trainer, "precision", ""))
     clipping = bool(getattr(trainer, "gradient_clip_val", None))
-    return not (clipping and "mixed" in str(getattr(trainer, "precision", "")))
+    return precision != "16-mixed" and not (clipping and precision.endswith("-mixed"))
 
 
 def adam(
