@@ -98,7 +98,9 @@ class VAEZooCLI(LightningCLI):
         from vae_zoo.data import VAEDataModule
 
         _quiet_known_noise()
-        drop_nvml_check_without_nvml()  # a failed dlopen every optimizer step on a CPU machine
+        # a failed dlopen every optimizer step on a CPU machine; BaseVAE.setup drops it too, but
+        # only once a fit starts: here it also goes for models built with run=False (benchmarks)
+        drop_nvml_check_without_nvml()
 
         mode = {"parser_mode": "omegaconf"}
         settings: dict[str, Any] = {
